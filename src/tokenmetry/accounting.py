@@ -1,0 +1,85 @@
+"""Estimates and prices for a finished call: the bridge from the lifecycle to counting and pricing.
+
+Both are imported lazily: the tokenizers and the price data cost hundreds of milliseconds to load,
+which a process that never needs them must not pay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .call import logger, warn_once
+
+if TYPE_CHECKING:
+    from .call import Call
+    from .usage import Cost
+
+__all__ = ["estimate_call", "price_call", "request_text"]
+
+
+def request_text(body: Any) -> str:
+    """The prompt-side text of a request body, for an estimate (roles and structure ignored)."""
+    if not isinstance(body, Mapping):
+        return ""
+    pieces: list[str] = []
+    for key in ("system", "instructions", "messages", "input", "prompt", "contents"):
+        value = body.get(key)
+        if value is not None:
+            _collect_text(value, pieces)
+    return "\n".join(pieces)
+
+
+def _collect_text(value: Any, pieces: list[str]) -> None:
+    if isinstance(value, str):
+        pieces.append(value)
+    elif isinstance(value, Mapping):
+        for key in ("content", "text", "parts"):
+            inner = value.get(key)
+            if inner is not None:
+                _collect_text(inner, pieces)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect_text(item, pieces)
+
+
+def estimate_call(call: Call) -> None:
+    """Fill a call's usage from its text when the response carried none (``usage_source="estimated"``).
+
+    A call that failed before any response arrived stays ``"missing"`` (nothing was generated and
+    vendors do not bill it); so does one with no text on either side (a raw response the user never
+    parsed). A stream left early is estimated from its prompt and the text it had delivered.
+    """
+    if call.error_type is not None and not call.chunks:
+        return
+    prompt = request_text(call.request_body)
+    output = "".join(call.text_parts) if call.text_parts else ""
+    if not prompt and not output:
+        return
+    try:
+        from .counting import estimate_tokens
+
+        model = call.request_model or call.response_model or ""
+        input_tokens = estimate_tokens(model, prompt) if prompt else 0
+        output_tokens = estimate_tokens(model, output) if output else 0
+    except Exception:
+        logger.debug("tokenmetry: token estimate failed", exc_info=True)
+        input_tokens = (len(prompt) + 3) // 4
+        output_tokens = (len(output) + 3) // 4
+    call.input_tokens = input_tokens
+    call.output_tokens = output_tokens
+    call.usage_source = "estimated"
+
+
+def price_call(call: Call) -> Cost | None:
+    """The cost of a call's usage, or None when its model has no known price."""
+    try:
+        from .pricing import price_usage_of_call
+    except ImportError:
+        return None
+    try:
+        return price_usage_of_call(call)
+    except Exception:
+        logger.debug("tokenmetry: pricing failed", exc_info=True)
+        warn_once("pricing", "tokenmetry: pricing a call failed (further failures logged at DEBUG)")
+        return None

@@ -1,0 +1,284 @@
+"""The lifecycle of one API call: begin, retry sleeps, response or stream, finish.
+
+Provider adapters describe a call (provider, operation, model) and read facts from responses into
+the :class:`Call`; this module turns a finished call into one :class:`~tokenmetry.usage.CallRecord`
+and hands it to the sinks: the session, the process statistics, OpenTelemetry and the
+``on_record`` subscribers. A sink never calls back into the lifecycle.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .config import Options
+from .rate import ProcessStats
+from .session import Session, current_session
+from .usage import CallRecord, Cost, Usage
+
+__all__ = ["Call", "Recorder", "recorder", "current_call", "warn_once"]
+
+logger = logging.getLogger("tokenmetry")
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_once(kind: str, message: str, *args: Any) -> None:
+    """Log an instrumentation problem at WARNING, once per kind for the process."""
+    with _warned_lock:
+        if kind in _warned:
+            return
+        _warned.add(kind)
+    logger.warning(message, *args)
+
+
+_perf = time.perf_counter
+_wall = time.time
+
+# the call whose HTTP attempts are running here: retry-sleep hooks attribute their waits to it
+current_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar("tokenmetry_call", default=None)
+
+
+class Call:
+    """Mutable state of one call while it runs; frozen into a CallRecord once finished."""
+
+    __slots__ = (
+        "provider", "operation", "request_model", "response_model", "response_id", "stream",
+        "server_address", "server_port", "session", "turn", "started_at", "t0", "duration_s",
+        "time_to_first_chunk_s", "chunks", "input_tokens", "output_tokens", "cache_read_tokens",
+        "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens", "tool_tokens", "usage_source",
+        "finish_reasons", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s", "retry_events",
+        "error_type", "cost", "span", "request_body", "text_parts", "withhold_usage_chunk", "done",
+        "reservation", "rate_limits", "_record",
+    )
+
+    def __init__(self, provider: str, operation: str, request_model: str | None, stream: bool,
+                 server_address: str | None, server_port: int | None, session: Session,
+                 request_body: Any) -> None:
+        self.provider = provider
+        self.operation = operation
+        self.request_model = request_model
+        self.response_model: str | None = None
+        self.response_id: str | None = None
+        self.stream = stream
+        self.server_address = server_address
+        self.server_port = server_port
+        self.session = session
+        self.turn = session._current_turn()
+        self.started_at = _wall()
+        self.t0 = _perf()
+        self.duration_s = 0.0
+        self.time_to_first_chunk_s: float | None = None
+        self.chunks = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cache_read_tokens: int | None = None
+        self.cache_write_tokens: int | None = None
+        self.cache_write_1h_tokens: int | None = None
+        self.reasoning_tokens: int | None = None
+        self.tool_tokens: int | None = None
+        self.usage_source = "missing"
+        self.finish_reasons: list[str] = []
+        self.retries = 0
+        self.throttle_events = 0
+        self.throttle_wait_s = 0.0
+        self.retry_wait_s = 0.0
+        self.retry_events: list[dict[str, Any]] | None = None
+        self.error_type: str | None = None
+        self.cost: Cost | None = None
+        self.span: Any = None
+        self.request_body = request_body  # kept only until finish, for estimates and content capture
+        self.text_parts: list[str] | None = None
+        self.withhold_usage_chunk = False
+        self.done = False
+        self.reservation: Any = None
+        self.rate_limits: dict[str, Any] | None = None  # from the response's rate-limit headers
+        self._record: CallRecord | None = None
+
+    def set_usage(self, input_tokens: int, output_tokens: int, cache_read: int | None = None,
+                  cache_write: int | None = None, reasoning: int | None = None,
+                  tool: int | None = None) -> None:
+        """Assign (never add) the provider-reported usage."""
+        self.input_tokens = input_tokens or 0
+        self.output_tokens = output_tokens or 0
+        self.cache_read_tokens = cache_read
+        self.cache_write_tokens = cache_write
+        self.reasoning_tokens = reasoning
+        self.tool_tokens = tool
+        self.usage_source = "provider"
+
+    def add_text(self, text: str) -> None:
+        """Keep generated text seen on a stream, for an estimate if the usage never arrives."""
+        parts = self.text_parts
+        if parts is None:
+            self.text_parts = [text]
+        else:
+            parts.append(text)
+
+    def note_retry(self, *, attempt: int, status: int | None, retry_after_s: float | None,
+                   slept_s: float, cause: str) -> None:
+        """One backoff sleep that really happened before attempt ``attempt`` (1-based retry)."""
+        self.retries += 1
+        if cause == "throttle":
+            self.throttle_events += 1
+            self.throttle_wait_s += slept_s
+        else:
+            self.retry_wait_s += slept_s
+        if self.retry_events is None:
+            self.retry_events = []
+        self.retry_events.append({
+            "attempt": attempt, "status": status, "retry_after_s": retry_after_s,
+            "slept_s": slept_s, "cause": cause,
+        })
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.input_tokens, self.output_tokens, self.cache_read_tokens,
+                     self.cache_write_tokens, self.reasoning_tokens, self.tool_tokens)
+
+    def record(self) -> CallRecord:
+        """The immutable record (built once, on first request: the hot path never needs it)."""
+        record = self._record
+        if record is None:
+            record = self._record = CallRecord(
+                self.provider, self.operation, self.request_model, self.response_model,
+                self.response_id, self.usage, self.usage_source, self.cost, self.stream,
+                self.started_at, self.duration_s, self.time_to_first_chunk_s, self.retries,
+                self.throttle_wait_s, self.error_type, self.session.id, tuple(self.finish_reasons),
+                self.server_address, self.turn, self.retry_wait_s,
+            )
+        return record
+
+
+class Recorder:
+    """Owns the sinks every finished call goes to; one per process (``recorder``)."""
+
+    def __init__(self) -> None:
+        from .telemetry import Telemetry
+
+        self.options = Options()
+        self.stats = ProcessStats(self.options.tpm_window_s)
+        self.telemetry = Telemetry(self)
+        self._subscribers: tuple[Callable[[CallRecord], Any], ...] = ()
+        self._subscribers_lock = threading.Lock()
+        self._price: Callable[[Call], Cost | None] | None = None
+        self._estimate: Callable[[Call], None] | None = None
+
+    def configure(self, options: Options) -> None:
+        from .session import sessions
+
+        self.options = options
+        if options.tpm_window_s != self.stats._window_s:
+            self.stats = ProcessStats(options.tpm_window_s)
+        sessions.configure(options.history_limit, options.tpm_window_s)
+        self.telemetry.configure(options)
+
+    # ----------------------------------------------------------------- subscribers
+    def subscribe(self, callback: Callable[[CallRecord], Any]) -> Callable[[], None]:
+        if not callable(callback):
+            from .errors import TokenmetryError
+
+            raise TokenmetryError(f"on_record needs a callable, got {callback!r}")
+        with self._subscribers_lock:
+            self._subscribers = (*self._subscribers, callback)
+
+        def unsubscribe() -> None:
+            with self._subscribers_lock:
+                self._subscribers = tuple(s for s in self._subscribers if s is not callback)
+
+        return unsubscribe
+
+    # ----------------------------------------------------------------- lifecycle
+    def begin(self, provider: str, operation: str, request_model: str | None, stream: bool,
+              server_address: str | None, server_port: int | None, request_body: Any = None) -> Call:
+        session = current_session()
+        call = Call(provider, operation, request_model, stream, server_address, server_port,
+                    session, request_body)
+        budget = session.budget
+        if budget is not None:
+            budget.reserve(call)  # may raise BudgetExceeded: before anything is sent
+        telemetry = self.telemetry
+        if telemetry.tracing:
+            telemetry.start_span(call)
+        return call
+
+    def stats_ref(self) -> ProcessStats:
+        """The current statistics sink (replaced when the window is reconfigured)."""
+        return self.stats
+
+    def note_retry(self, call: Call, *, attempt: int, status: int | None, retry_after_s: float | None,
+                   slept_s: float, cause: str) -> None:
+        """A backoff sleep that happened inside ``call``: on the call, and as a span event."""
+        call.note_retry(attempt=attempt, status=status, retry_after_s=retry_after_s, slept_s=slept_s,
+                        cause=cause)
+        if call.span is not None and call.retry_events:
+            self.telemetry.retry_event(call, call.retry_events[-1])
+
+    def fail(self, call: Call, error: BaseException) -> None:
+        """The call raised ``error`` (which the caller re-raises unchanged)."""
+        if call.error_type is None:
+            call.error_type = type(error).__qualname__
+        self.finish(call)
+
+    def finish(self, call: Call, incomplete: bool = False) -> None:
+        """Account a call exactly once; never raises."""
+        if call.done:
+            return
+        call.done = True
+        try:
+            call.duration_s = _perf() - call.t0
+            if incomplete and call.error_type is None:
+                call.error_type = "_OTHER"
+            if call.usage_source == "missing":
+                self._fill_estimate(call)
+            if call.input_tokens or call.output_tokens:
+                call.cost = self._cost(call)
+            budget = call.session.budget
+            if budget is not None:
+                budget.settle(call)
+            call.session._add(call)
+            self.stats.add(call)
+            if call.rate_limits:
+                self.stats.note_rate_limits(call.provider, call.response_model or call.request_model,
+                                            call.rate_limits)
+            if call.span is not None or self.telemetry.metering:
+                self.telemetry.end(call)
+            subscribers = self._subscribers
+            if subscribers:
+                record = call.record()
+                for callback in subscribers:
+                    try:
+                        callback(record)
+                    except Exception:  # a subscriber's bug must not reach the SDK call
+                        logger.exception("tokenmetry: on_record callback %r failed", callback)
+        except Exception:
+            logger.debug("tokenmetry: finishing a call failed", exc_info=True)
+            warn_once("finish", "tokenmetry: could not record a call (further failures of this kind "
+                      "are logged at DEBUG)")
+        finally:
+            call.request_body = None
+            call.text_parts = None
+            call.span = None
+
+    def _fill_estimate(self, call: Call) -> None:
+        estimate = self._estimate
+        if estimate is None:
+            from .accounting import estimate_call
+
+            estimate = self._estimate = estimate_call
+        estimate(call)
+
+    def _cost(self, call: Call) -> Cost | None:
+        price = self._price
+        if price is None:
+            from .accounting import price_call
+
+            price = self._price = price_call
+        return price(call)
+
+
+recorder = Recorder()

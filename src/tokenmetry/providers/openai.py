@@ -1,0 +1,262 @@
+"""The ``openai`` SDK: chat completions, responses, completions, embeddings; Azure and compatibles.
+
+Usage (SPEC §3): chat/completions read ``prompt_tokens`` / ``completion_tokens`` and their details;
+responses read ``input_tokens`` / ``output_tokens`` and theirs. Streamed chat and completions get
+``stream_options.include_usage`` added when the user did not ask for it, and the extra usage-only
+chunk (``choices == []``) is then withheld, so the user iterates exactly what they would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..call import Call, recorder
+from .base import Endpoint, Target
+from .stainless import StainlessAdapter
+
+__all__ = ["OpenAIAdapter", "provider_for_host"]
+
+# OpenAI-compatible vendors recognised from the client's base_url host (suffix match)
+_HOST_PROVIDERS: tuple[tuple[str, str], ...] = (
+    ("api.openai.com", "openai"),
+    (".openai.azure.com", "azure.ai.openai"),
+    (".cognitiveservices.azure.com", "azure.ai.openai"),
+    (".services.ai.azure.com", "azure.ai.openai"),
+    ("api.deepseek.com", "deepseek"),
+    ("api.groq.com", "groq"),
+    ("openrouter.ai", "openrouter"),
+    ("api.mistral.ai", "mistral_ai"),
+    ("api.x.ai", "x_ai"),
+    ("api.together.xyz", "together_ai"),
+    ("api.together.ai", "together_ai"),
+    ("api.fireworks.ai", "fireworks"),
+    ("api.perplexity.ai", "perplexity"),
+    ("generativelanguage.googleapis.com", "gcp.gemini"),
+    ("aiplatform.googleapis.com", "gcp.vertex_ai"),
+    ("api.cerebras.ai", "cerebras"),
+    ("api.anthropic.com", "anthropic"),
+)
+
+
+def provider_for_host(host: str) -> str:
+    """The gen_ai.provider.name of an OpenAI-compatible endpoint; local servers (vLLM, Ollama,
+    LM Studio) and unknown hosts are ``openai``-compatible and reported as ``openai``."""
+    host = host.lower()
+    for suffix, provider in _HOST_PROVIDERS:
+        if host == suffix.lstrip(".") or host.endswith(suffix if suffix.startswith(".") else "." + suffix):
+            return provider
+    return "openai"
+
+
+# ----------------------------------------------------------------------------- usage readers
+def _read_completion_usage(call: Call, usage: Any) -> None:
+    prompt_details = usage.prompt_tokens_details
+    completion_details = usage.completion_tokens_details
+    call.set_usage(
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        None if prompt_details is None else prompt_details.cached_tokens,
+        None if prompt_details is None else getattr(prompt_details, "cache_write_tokens", None),
+        None if completion_details is None else completion_details.reasoning_tokens,
+    )
+
+
+def _read_chat(call: Call, completion: Any) -> None:
+    call.response_id = completion.id
+    call.response_model = completion.model
+    for choice in completion.choices:
+        if choice.finish_reason:
+            call.finish_reasons.append(choice.finish_reason)
+    usage = completion.usage
+    if usage is not None:
+        _read_completion_usage(call, usage)
+    else:
+        for choice in completion.choices:
+            content = choice.message.content if choice.message is not None else None
+            if content:
+                call.add_text(content)
+
+
+def _read_chat_chunk(call: Call, chunk: Any) -> bool:
+    usage = chunk.usage
+    if usage is not None:
+        _read_completion_usage(call, usage)  # the last non-null usage wins
+    choices = chunk.choices
+    if not choices:
+        # the usage-only chunk we asked for on the user's behalf; anything else passes
+        return usage is None or not call.withhold_usage_chunk
+    if call.response_id is None:
+        call.response_id = chunk.id
+        call.response_model = chunk.model
+    for choice in choices:
+        delta = choice.delta
+        if delta is not None:
+            content = delta.content
+            if content:
+                call.add_text(content)
+        if choice.finish_reason:
+            call.finish_reasons.append(choice.finish_reason)
+    return True
+
+
+def _read_text_completion(call: Call, completion: Any) -> None:
+    call.response_id = completion.id
+    call.response_model = completion.model
+    for choice in completion.choices:
+        if choice.finish_reason:
+            call.finish_reasons.append(choice.finish_reason)
+    usage = completion.usage
+    if usage is not None:
+        _read_completion_usage(call, usage)
+    else:
+        for choice in completion.choices:
+            if choice.text:
+                call.add_text(choice.text)
+
+
+def _read_text_completion_chunk(call: Call, chunk: Any) -> bool:
+    usage = chunk.usage
+    if usage is not None:
+        _read_completion_usage(call, usage)
+    choices = chunk.choices
+    if not choices:
+        return usage is None or not call.withhold_usage_chunk
+    if call.response_id is None:
+        call.response_id = chunk.id
+        call.response_model = chunk.model
+    for choice in choices:
+        if choice.text:
+            call.add_text(choice.text)
+        if choice.finish_reason:
+            call.finish_reasons.append(choice.finish_reason)
+    return True
+
+
+def _read_embeddings(call: Call, response: Any) -> None:
+    call.response_model = response.model
+    usage = response.usage
+    if usage is not None:
+        call.set_usage(usage.prompt_tokens, 0)
+
+
+def _read_response(call: Call, response: Any) -> None:
+    call.response_id = response.id
+    call.response_model = response.model
+    status = response.status
+    if status:
+        reason = status
+        details = response.incomplete_details
+        if details is not None and details.reason:
+            reason = details.reason
+        call.finish_reasons.append(reason)
+    usage = response.usage
+    if usage is not None:
+        input_details = usage.input_tokens_details
+        output_details = usage.output_tokens_details
+        call.set_usage(
+            usage.input_tokens,
+            usage.output_tokens,
+            None if input_details is None else input_details.cached_tokens,
+            None if input_details is None else getattr(input_details, "cache_write_tokens", None),
+            None if output_details is None else output_details.reasoning_tokens,
+        )
+
+
+_FINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def _read_response_event(call: Call, event: Any) -> bool:
+    kind = event.type
+    if kind == "response.output_text.delta":
+        call.add_text(event.delta)
+    elif kind in _FINAL_RESPONSE_EVENTS:
+        call.finish_reasons.clear()
+        _read_response(call, event.response)
+    elif kind == "response.created":
+        call.response_id = event.response.id
+        call.response_model = event.response.model
+    return True
+
+
+def _ask_for_stream_usage(call: Call, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Add ``stream_options.include_usage`` to a streamed request that lacks it."""
+    if not body.get("stream") or not recorder.options.inject_stream_usage:
+        return None
+    stream_options = body.get("stream_options")
+    if isinstance(stream_options, Mapping):
+        if stream_options.get("include_usage") is True:
+            return None
+        stream_options = {**stream_options, "include_usage": True}
+    else:
+        stream_options = {"include_usage": True}
+    call.withhold_usage_chunk = True
+    return {**body, "stream_options": stream_options}
+
+
+CHAT = Endpoint("chat", _read_chat, _read_chat_chunk, _ask_for_stream_usage)
+TEXT_COMPLETION = Endpoint("text_completion", _read_text_completion, _read_text_completion_chunk,
+                           _ask_for_stream_usage)
+EMBEDDINGS = Endpoint("embeddings", _read_embeddings)
+RESPONSES = Endpoint("chat", _read_response, _read_response_event)
+
+_POST_ENDPOINTS = {
+    "/chat/completions": CHAT,
+    "/completions": TEXT_COMPLETION,
+    "/embeddings": EMBEDDINGS,
+    "/responses": RESPONSES,
+}
+
+_RATE_LIMIT_HEADERS = (
+    ("x-ratelimit-remaining-requests", "remaining_requests", int),
+    ("x-ratelimit-remaining-tokens", "remaining_tokens", int),
+    ("x-ratelimit-limit-requests", "limit_requests", int),
+    ("x-ratelimit-limit-tokens", "limit_tokens", int),
+    ("x-ratelimit-reset-requests", "reset_requests", str),
+    ("x-ratelimit-reset-tokens", "reset_tokens", str),
+)
+
+
+def read_ratelimit_headers(call: Call, headers: Any) -> None:
+    """``x-ratelimit-*`` headers (OpenAI and most compatible vendors) into ``call.rate_limits``."""
+    if headers.get("x-ratelimit-remaining-requests") is None and \
+            headers.get("x-ratelimit-remaining-tokens") is None:
+        return
+    values: dict[str, Any] = {}
+    for header, key, kind in _RATE_LIMIT_HEADERS:
+        raw = headers.get(header)
+        if raw is not None:
+            try:
+                values[key] = kind(raw)
+            except ValueError:
+                continue
+    call.rate_limits = values
+
+
+class OpenAIAdapter(StainlessAdapter):
+    package = "openai"
+    name = "openai"
+
+    def route(self, client: Any, options: Any) -> Endpoint | None:
+        method = options.method
+        url = options.url
+        if method == "post":
+            return _POST_ENDPOINTS.get(url)
+        if method == "get" and url.startswith("/responses/") and url.count("/") == 2:
+            return RESPONSES  # responses.retrieve
+        return None
+
+    def target(self, client: Any) -> Target:
+        url = client.base_url
+        host = url.host or None
+        port = url.port or (443 if url.scheme == "https" else 80)
+        azure = getattr(self.sdk, "AzureOpenAI", None), getattr(self.sdk, "AsyncAzureOpenAI", None)
+        if any(cls is not None and isinstance(client, cls) for cls in azure):
+            return Target("azure.ai.openai", host, port)
+        return Target(provider_for_host(host or ""), host, port)
+
+    def read_headers(self, call: Call, headers: Any) -> None:
+        read_ratelimit_headers(call, headers)
+
+
+adapter = OpenAIAdapter()

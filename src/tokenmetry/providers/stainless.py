@@ -1,0 +1,435 @@
+"""The patch points shared by the Stainless-generated SDKs (``openai`` and ``anthropic``).
+
+Both SDKs send every API request through ``SyncAPIClient.request`` / ``AsyncAPIClient.request``
+(which owns the retry loop and sleeps in ``_sleep_for_retry``) and read every response in
+``_process_response``. Patching those three points, rather than each resource method, covers every
+surface at once: ``create``/``parse``/``stream()`` helpers, ``with_raw_response``,
+``with_streaming_response``, Azure and compatible endpoints, and surfaces the SDK adds later.
+
+A vendor module subclasses :class:`StainlessAdapter` and declares only which requests are
+token-producing (:meth:`route`), where the client points (:meth:`target`) and what its headers say.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from ..call import Call, current_call, logger, recorder, warn_once
+from ..errors import BudgetExceeded
+from ..streams import aobserve, observe
+from .base import Endpoint, Patch, Target
+
+__all__ = ["StainlessAdapter", "retry_after_seconds", "retry_cause"]
+
+_perf = time.perf_counter
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """What the server asked for: ``retry-after-ms``, else ``retry-after`` (seconds or HTTP date)."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return float(value) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def retry_cause(status: int | None) -> str:
+    """The cause a retry is filed under: throttle (429), overloaded (529), server_error, connection."""
+    if status is None:
+        return "connection"
+    if status == 429:
+        return "throttle"
+    if status == 529:
+        return "overloaded"
+    return "server_error"
+
+
+class StainlessAdapter:
+    """Generic instrumentation of one Stainless SDK; vendor modules fill in the blanks."""
+
+    #: the SDK's import name, e.g. "openai"
+    package = ""
+
+    def __init__(self) -> None:
+        self._tracked_classes: dict[type, type] = {}
+        self.sdk: Any = None
+
+    # ----------------------------------------------------------------- to fill in per vendor
+    def route(self, client: Any, options: Any) -> Endpoint | None:
+        """The endpoint of this request, or None when it produces no tokens."""
+        raise NotImplementedError
+
+    def target(self, client: Any) -> Target:
+        raise NotImplementedError
+
+    def read_headers(self, call: Call, headers: Any) -> None:
+        """Read rate-limit headers of a successful response (optional)."""
+
+    def request_facts(self, options: Any) -> tuple[str | None, bool, Any]:
+        """(request model, stream, body) of a request."""
+        body = options.json_data
+        if isinstance(body, Mapping):
+            return body.get("model"), bool(body.get("stream")), body
+        params = options.params
+        stream = isinstance(params, Mapping) and str(params.get("stream")).lower() == "true"
+        return None, stream, body
+
+    # ----------------------------------------------------------------- patch points
+    def available(self) -> bool:
+        try:
+            self.sdk = importlib.import_module(self.package)
+            self._base = importlib.import_module(f"{self.package}._base_client")
+            self._legacy = importlib.import_module(f"{self.package}._legacy_response")
+            self._response = importlib.import_module(f"{self.package}._response")
+            self._streaming = importlib.import_module(f"{self.package}._streaming")
+        except ImportError:
+            return False
+        return True
+
+    def patches(self) -> list[Patch]:
+        sync_client, async_client = self._base.SyncAPIClient, self._base.AsyncAPIClient
+        return [
+            Patch(sync_client, "request", self._sync_request),
+            Patch(async_client, "request", self._async_request),
+            Patch(sync_client, "_sleep_for_retry", self._sync_sleep),
+            Patch(async_client, "_sleep_for_retry", self._async_sleep),
+            Patch(sync_client, "_process_response", self._process_response),
+            Patch(async_client, "_process_response", self._process_response),
+        ]
+
+    def wrap_client(self, client: Any) -> None:
+        """Instrument one client instance (and the copies ``with_options``/``copy`` make of it)."""
+        for patch in self.patches():
+            if isinstance(client, patch.owner):
+                _bind(client, patch.name, patch.wrapper)
+        adapter = self
+
+        def copy_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            copied = wrapped(*args, **kwargs)
+            adapter.wrap_client(copied)
+            return copied
+
+        for name in ("copy", "with_options"):
+            if hasattr(client, name):
+                _bind(client, name, copy_wrapper)
+
+    def owns(self, client: Any) -> bool:
+        return self.sdk is not None and isinstance(client, (self._base.SyncAPIClient, self._base.AsyncAPIClient))
+
+    # ----------------------------------------------------------------- request
+    def _begin(self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Endpoint, Call] | None:
+        options = args[1] if len(args) > 1 else kwargs.get("options")
+        endpoint = self.route(client, options)
+        if endpoint is None:
+            return None
+        target = self._cached_target(client)
+        model, stream, body = self.request_facts(options)
+        call = recorder.begin(target.provider, endpoint.operation, model, stream,
+                              target.server_address, target.server_port, body)
+        if endpoint.prepare is not None and isinstance(body, Mapping):
+            replacement = endpoint.prepare(call, body)
+            if replacement is not None:
+                options.json_data = replacement
+        return endpoint, call
+
+    def _cached_target(self, client: Any) -> Target:
+        # the target depends on base_url only; recompute when the client's base_url object changes
+        base_url = client.base_url
+        cached = client.__dict__.get("_tokenmetry_target")
+        if cached is not None and cached[0] is base_url:
+            return cached[1]  # type: ignore[no-any-return]
+        target = self.target(client)
+        client.__dict__["_tokenmetry_target"] = (base_url, target)
+        return target
+
+    def _sync_request(self, wrapped: Any, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if current_call.get() is not None:
+            return wrapped(*args, **kwargs)
+        try:
+            begun = self._begin(client, args, kwargs)
+        except BudgetExceeded:
+            raise
+        except Exception:
+            _failed("begin")
+            begun = None
+        if begun is None:
+            return wrapped(*args, **kwargs)
+        endpoint, call = begun
+        token = current_call.set(call)
+        span_token = recorder.telemetry.activate(call)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as error:
+            recorder.fail(call, error)
+            raise
+        finally:
+            recorder.telemetry.deactivate(span_token)
+            current_call.reset(token)
+        return self._settle(result, endpoint, call)
+
+    async def _async_request(self, wrapped: Any, client: Any, args: tuple[Any, ...],
+                             kwargs: dict[str, Any]) -> Any:
+        if current_call.get() is not None:
+            return await wrapped(*args, **kwargs)
+        try:
+            begun = self._begin(client, args, kwargs)
+        except BudgetExceeded:
+            raise
+        except Exception:
+            _failed("begin")
+            begun = None
+        if begun is None:
+            return await wrapped(*args, **kwargs)
+        endpoint, call = begun
+        token = current_call.set(call)
+        span_token = recorder.telemetry.activate(call)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as error:
+            recorder.fail(call, error)
+            raise
+        finally:
+            recorder.telemetry.deactivate(span_token)
+            current_call.reset(token)
+        return self._settle(result, endpoint, call)
+
+    # ----------------------------------------------------------------- what the request returned
+    def _settle(self, result: Any, endpoint: Endpoint, call: Call) -> Any:
+        """Account a parsed result now; hook a stream or a raw response to account it later."""
+        try:
+            streaming = self._streaming
+            if isinstance(result, streaming.Stream):
+                self._track_stream(result, endpoint, call, is_async=False)
+            elif isinstance(result, streaming.AsyncStream):
+                self._track_stream(result, endpoint, call, is_async=True)
+            elif isinstance(result, self._legacy.LegacyAPIResponse):
+                self._track_raw(result, endpoint, call)
+            elif isinstance(result, self._response.BaseAPIResponse):
+                self._track_raw(result, endpoint, call)
+            else:
+                endpoint.read_response(call, result)
+                recorder.finish(call)
+        except Exception:
+            _failed("response")
+            recorder.finish(call)
+        return result
+
+    def _track_stream(self, stream: Any, endpoint: Endpoint, call: Call, is_async: bool) -> None:
+        read_chunk = endpoint.read_chunk or _deliver_all
+        stream.__class__ = self._tracked_class(type(stream), is_async)
+        stream._tokenmetry_call = call
+        if is_async:
+            stream._iterator = aobserve(stream._iterator, call, read_chunk, recorder)
+        else:
+            stream._iterator = observe(stream._iterator, call, read_chunk, recorder)
+
+    def _track_raw(self, response: Any, endpoint: Endpoint, call: Call) -> None:
+        http_response = response.http_response
+        already_read = not getattr(response, "_stream", False) and http_response.is_closed and \
+            not _is_async_response(response)
+        if already_read:
+            # with_raw_response: the body is in memory; parse() caches, so the user's own parse()
+            # later returns this very object at no extra cost
+            try:
+                parsed = response.parse()
+            except Exception:
+                recorder.finish(call)
+                return
+            endpoint.read_response(call, parsed)
+            recorder.finish(call)
+            return
+        response.__class__ = self._tracked_raw_class(type(response))
+        response._tokenmetry_call = call
+        response._tokenmetry_endpoint = endpoint
+
+    def _on_parsed(self, response: Any, parsed: Any) -> None:
+        """A raw response was parsed by the user: account its value or hook its stream."""
+        call = response.__dict__.get("_tokenmetry_call")
+        if call is None or call.done:
+            return
+        endpoint = response._tokenmetry_endpoint
+        streaming = self._streaming
+        try:
+            if isinstance(parsed, (streaming.Stream, streaming.AsyncStream)):
+                # the stream owns the call from here: dropping the raw response must not end it
+                response.__dict__["_tokenmetry_call"] = None
+                if "_tokenmetry_call" not in parsed.__dict__:
+                    self._track_stream(parsed, endpoint, call, is_async=isinstance(parsed, streaming.AsyncStream))
+            else:
+                endpoint.read_response(call, parsed)
+                recorder.finish(call)
+        except Exception:
+            _failed("response")
+            recorder.finish(call)
+
+    # ----------------------------------------------------------------- subclasses swapped in
+    def _tracked_class(self, cls: type, is_async: bool) -> type:
+        tracked = self._tracked_classes.get(cls)
+        if tracked is not None:
+            return tracked
+        if is_async:
+            async def aclose(self: Any) -> None:
+                recorder.finish(self._tokenmetry_call)
+                await cls.close(self)
+
+            namespace: dict[str, Any] = {"close": aclose}
+        else:
+            def close(self: Any) -> None:
+                recorder.finish(self._tokenmetry_call)
+                cls.close(self)
+
+            namespace = {"close": close}
+
+        def __del__(self: Any) -> None:  # noqa: N807 - dropped unfinished: account it now
+            call = self.__dict__.get("_tokenmetry_call")
+            if call is not None and not call.done:
+                recorder.finish(call, incomplete=True)
+
+        namespace.update({"__del__": __del__, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                          "__doc__": cls.__doc__})
+        tracked = type(cls.__name__, (cls,), namespace)
+        self._tracked_classes[cls] = tracked
+        return tracked
+
+    def _tracked_raw_class(self, cls: type) -> type:
+        tracked = self._tracked_classes.get(cls)
+        if tracked is not None:
+            return tracked
+        adapter = self
+        if _is_async_class(cls):
+            async def aparse(self: Any, *, to: Any = None) -> Any:
+                parsed = await (cls.parse(self) if to is None else cls.parse(self, to=to))
+                adapter._on_parsed(self, parsed)
+                return parsed
+
+            async def aclose(self: Any) -> None:
+                await cls.close(self)
+                _finish_raw(self)
+
+            namespace: dict[str, Any] = {"parse": aparse, "close": aclose}
+        else:
+            def parse(self: Any, *, to: Any = None) -> Any:
+                parsed = cls.parse(self) if to is None else cls.parse(self, to=to)
+                adapter._on_parsed(self, parsed)
+                return parsed
+
+            namespace = {"parse": parse}
+            if hasattr(cls, "close"):
+                def close(self: Any) -> None:
+                    cls.close(self)
+                    _finish_raw(self)
+
+                namespace["close"] = close
+
+        def __del__(self: Any) -> None:  # noqa: N807
+            _finish_raw(self, incomplete=True)
+
+        namespace.update({"__del__": __del__, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                          "__doc__": cls.__doc__})
+        tracked = type(cls.__name__, (cls,), namespace)
+        self._tracked_classes[cls] = tracked
+        return tracked
+
+    # ----------------------------------------------------------------- retries and headers
+    def _sync_sleep(self, wrapped: Any, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = current_call.get()
+        if call is None:
+            return wrapped(*args, **kwargs)
+        started = _perf()
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            _note_sleep(call, kwargs, _perf() - started)
+
+    async def _async_sleep(self, wrapped: Any, client: Any, args: tuple[Any, ...],
+                           kwargs: dict[str, Any]) -> Any:
+        call = current_call.get()
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        started = _perf()
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            _note_sleep(call, kwargs, _perf() - started)
+
+    def _process_response(self, wrapped: Any, client: Any, args: tuple[Any, ...],
+                          kwargs: dict[str, Any]) -> Any:
+        call = current_call.get()
+        if call is not None:
+            response = kwargs.get("response")
+            if response is not None:
+                try:
+                    self.read_headers(call, response.headers)
+                except Exception:
+                    _failed("headers")
+        return wrapped(*args, **kwargs)
+
+
+def _bind(client: Any, name: str, wrapper: Any) -> None:
+    """Shadow ``client.name`` with ``wrapper`` on this instance only."""
+    original = getattr(client, name)
+    if inspect.iscoroutinefunction(original):
+        async def patched_async(*args: Any, **kwargs: Any) -> Any:
+            return await wrapper(original, client, args, kwargs)
+
+        client.__dict__[name] = patched_async
+    else:
+        def patched(*args: Any, **kwargs: Any) -> Any:
+            return wrapper(original, client, args, kwargs)
+
+        client.__dict__[name] = patched
+
+
+def _note_sleep(call: Call, kwargs: Mapping[str, Any], slept: float) -> None:
+    try:
+        response = kwargs.get("response")
+        status = None if response is None else response.status_code
+        headers = None if response is None else response.headers
+        recorder.note_retry(call, attempt=int(kwargs.get("retries_taken", call.retries)) + 1, status=status,
+                            retry_after_s=retry_after_seconds(headers), slept_s=slept,
+                            cause=retry_cause(status))
+    except Exception:
+        _failed("retry")
+
+
+def _finish_raw(response: Any, incomplete: bool = False) -> None:
+    call = response.__dict__.get("_tokenmetry_call")
+    if call is not None and not call.done:
+        recorder.finish(call, incomplete=incomplete)
+
+
+def _is_async_class(cls: type) -> bool:
+    return inspect.iscoroutinefunction(getattr(cls, "parse", None))
+
+
+def _is_async_response(response: Any) -> bool:
+    return _is_async_class(type(response))
+
+
+def _deliver_all(call: Call, chunk: Any) -> bool:
+    return True
+
+
+def _failed(kind: str) -> None:
+    logger.debug("tokenmetry: instrumentation step %r failed", kind, exc_info=True)
+    warn_once(kind, "tokenmetry: instrumentation step %r failed; the call goes on unchanged "
+              "(further failures of this kind are logged at DEBUG)", kind)

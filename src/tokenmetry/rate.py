@@ -1,0 +1,197 @@
+"""Process-wide throughput and throttling figures: tokens per minute, work rate, retries,
+throttle wait and rate-limit headroom, per process, per provider and per (provider, model).
+
+The tokens-per-minute window is a fixed ring of one-second buckets read against the clock, so
+it decays to 0 when idle and its memory is O(window), whatever the call rate.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .usage import ModelStats, PerformanceSnapshot, Usage
+
+if TYPE_CHECKING:
+    from .call import Call
+
+__all__ = ["RateWindow", "ProcessStats"]
+
+
+class RateWindow:
+    """Tokens completed in the last ``window_s`` seconds, in one-second buckets.
+
+    Not locked: the owner (:class:`ProcessStats`) serialises ``add``.
+    """
+
+    __slots__ = ("window_s", "_seconds", "_tokens")
+
+    def __init__(self, window_s: int = 60) -> None:
+        self.window_s = window_s
+        self._seconds = [-1] * window_s  # which wall-clock second each bucket currently holds
+        self._tokens = [0] * window_s
+
+    def add(self, tokens: int, now: float) -> None:
+        second = int(now)
+        index = second % self.window_s
+        if self._seconds[index] != second:
+            self._seconds[index] = second
+            self._tokens[index] = tokens
+        else:
+            self._tokens[index] += tokens
+
+    def total(self, now: float) -> int:
+        oldest = int(now) - self.window_s
+        return sum(t for s, t in zip(self._seconds, self._tokens) if s > oldest)
+
+    def per_minute(self, now: float) -> float:
+        return self.total(now) * 60.0 / self.window_s
+
+
+class _Tally:
+    """Running totals for one key (the process, a provider, or a provider/model pair)."""
+
+    __slots__ = (
+        "requests", "errors", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s",
+        "input", "output", "cache_read", "cache_write", "reasoning", "tool", "busy_s", "window",
+    )
+
+    def __init__(self, window_s: int) -> None:
+        self.requests = self.errors = self.retries = self.throttle_events = 0
+        self.throttle_wait_s = self.retry_wait_s = self.busy_s = 0.0
+        self.input = self.output = 0
+        self.cache_read: int | None = None
+        self.cache_write: int | None = None
+        self.reasoning: int | None = None
+        self.tool: int | None = None
+        self.window = RateWindow(window_s)
+
+    def add(self, call: Call, now: float) -> None:
+        self.requests += 1
+        if call.error_type is not None:
+            self.errors += 1
+        self.retries += call.retries
+        self.throttle_events += call.throttle_events
+        self.throttle_wait_s += call.throttle_wait_s
+        self.retry_wait_s += call.retry_wait_s
+        self.busy_s += call.duration_s
+        tokens = call.input_tokens + call.output_tokens
+        self.input += call.input_tokens
+        self.output += call.output_tokens
+        if call.cache_read_tokens is not None:
+            self.cache_read = (self.cache_read or 0) + call.cache_read_tokens
+        if call.cache_write_tokens is not None:
+            self.cache_write = (self.cache_write or 0) + call.cache_write_tokens
+        if call.reasoning_tokens is not None:
+            self.reasoning = (self.reasoning or 0) + call.reasoning_tokens
+        if call.tool_tokens is not None:
+            self.tool = (self.tool or 0) + call.tool_tokens
+        if tokens:
+            self.window.add(tokens, now)
+
+    def work_rate_tpm(self) -> float:
+        return 60.0 * (self.input + self.output) / self.busy_s if self.busy_s > 0 else 0.0
+
+    def usage(self) -> Usage:
+        return Usage(self.input, self.output, self.cache_read, self.cache_write, self.reasoning, self.tool)
+
+    def stats(self, now: float, rate_limits: dict[str, Any] | None = None) -> ModelStats:
+        return ModelStats(
+            tokens_per_minute=self.window.per_minute(now),
+            work_rate_tpm=self.work_rate_tpm(),
+            throttle_wait_s=self.throttle_wait_s,
+            throttle_events=self.throttle_events,
+            retries=self.retries,
+            requests=self.requests,
+            errors=self.errors,
+            usage=self.usage(),
+            rate_limit_remaining=dict(rate_limits or {}),
+        )
+
+
+def model_key(provider: str, model: str | None) -> str:
+    return f"{provider}/{model or 'unknown'}"
+
+
+class ProcessStats:
+    """The sink behind :func:`tokenmetry.stats`: one lock, three tallies per call."""
+
+    def __init__(self, window_s: int = 60) -> None:
+        self._lock = threading.Lock()
+        self._window_s = window_s
+        self._process = _Tally(window_s)
+        self._providers: dict[str, _Tally] = {}
+        self._models: dict[tuple[str, str | None], _Tally] = {}
+        # latest rate-limit header values per "provider/model"
+        self._rate_limits: dict[str, dict[str, Any]] = {}
+
+    def add(self, call: Call) -> None:
+        now = time.time()
+        model = call.response_model or call.request_model
+        with self._lock:
+            self._process.add(call, now)
+            provider = self._providers.get(call.provider)
+            if provider is None:
+                provider = self._providers[call.provider] = _Tally(self._window_s)
+            provider.add(call, now)
+            key = (call.provider, model)
+            per_model = self._models.get(key)
+            if per_model is None:
+                per_model = self._models[key] = _Tally(self._window_s)
+            per_model.add(call, now)
+
+    def note_rate_limits(self, provider: str, model: str | None, values: dict[str, Any]) -> None:
+        """Keep the latest rate-limit figures a response's headers gave for ``provider/model``."""
+        key = model_key(provider, model)
+        with self._lock:
+            current = self._rate_limits.get(key)
+            if current is None:
+                self._rate_limits[key] = dict(values)
+            else:
+                current.update(values)
+
+    def rate_limits(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {k: dict(v) for k, v in self._rate_limits.items()}
+
+    def tokens_per_minute(self) -> list[tuple[str, str | None, float]]:
+        """(provider, model, tpm) for every model seen, for the observable gauge."""
+        now = time.time()
+        with self._lock:
+            return [(p, m, t.window.per_minute(now)) for (p, m), t in self._models.items()]
+
+    def snapshot(self) -> PerformanceSnapshot:
+        now = time.time()
+        with self._lock:
+            limits = {k: dict(v) for k, v in self._rate_limits.items()}
+            by_provider = {
+                name: tally.stats(now, {k: v for k, v in limits.items() if k.startswith(name + "/")})
+                for name, tally in self._providers.items()
+            }
+            by_model = {}
+            for (provider, model), tally in self._models.items():
+                key = model_key(provider, model)
+                by_model[key] = tally.stats(now, limits.get(key))
+            process = self._process
+            return PerformanceSnapshot(
+                tokens_per_minute=process.window.per_minute(now),
+                work_rate_tpm=process.work_rate_tpm(),
+                throttle_wait_s=process.throttle_wait_s,
+                throttle_events=process.throttle_events,
+                retries=process.retries,
+                requests=process.requests,
+                errors=process.errors,
+                usage=process.usage(),
+                rate_limit_remaining=limits,
+                by_provider=by_provider,
+                by_model=by_model,
+                retry_wait_s=process.retry_wait_s,
+            )
+
+    def reset(self) -> None:
+        with self._lock:
+            self._process = _Tally(self._window_s)
+            self._providers.clear()
+            self._models.clear()
+            self._rate_limits.clear()

@@ -1,0 +1,296 @@
+"""Sessions: who a call belongs to, and the running totals of each conversation.
+
+A session is scoped with contextvars, so threads and asyncio tasks each see their own; calls made
+outside any session go to the process-wide default session. Totals are exact however many calls a
+session makes; the per-call history is bounded (``history_limit``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from .usage import CallRecord, Cost, Usage
+
+if TYPE_CHECKING:
+    from .budget import Budget
+    from .call import Call
+
+__all__ = ["Session", "SessionManager", "current_session", "session", "sessions"]
+
+DEFAULT_SESSION_ID = "default"
+_MAX_TRACKED_SESSIONS = 10_000
+
+
+class Session:
+    """Usage, cost and history of one conversation (or any unit of work you name).
+
+    >>> import tokenmetry
+    >>> with tokenmetry.session("chat-42") as s:
+    ...     pass  # SDK calls made here are attributed to s
+    >>> s.usage.total_tokens
+    0
+    """
+
+    def __init__(self, session_id: str, history_limit: int = 1000, budget: Budget | None = None,
+                 tpm_window_s: int = 60) -> None:
+        from .rate import RateWindow
+
+        self.id = session_id
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._history: deque[Call] = deque(maxlen=history_limit)
+        self._window = RateWindow(tpm_window_s)
+        self._turn_var: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+            f"tokenmetry_turn_{session_id}", default=None)
+        self._clear()
+
+    def _clear(self) -> None:
+        self._calls = 0
+        self._errors = 0
+        self._retries = 0
+        self._throttle_wait_s = 0.0
+        self._retry_wait_s = 0.0
+        self._duration_s = 0.0
+        self._input = 0
+        self._output = 0
+        self._cache_read: int | None = None
+        self._cache_write: int | None = None
+        self._reasoning: int | None = None
+        self._tool: int | None = None
+        self._cost: Cost | None = None
+        self._unpriced_calls = 0
+        self._turns = 0
+        self._loose_calls = 0  # calls made outside any explicit turn: each is its own turn
+        self._history.clear()
+        self._window = type(self._window)(self._window.window_s)
+
+    # ----------------------------------------------------------------- recording (called by the lifecycle)
+    def _add(self, call: Call) -> None:
+        now = time.time()
+        with self._lock:
+            self._calls += 1
+            if call.error_type is not None:
+                self._errors += 1
+            self._retries += call.retries
+            self._throttle_wait_s += call.throttle_wait_s
+            self._retry_wait_s += call.retry_wait_s
+            self._duration_s += call.duration_s
+            self._input += call.input_tokens
+            self._output += call.output_tokens
+            if call.cache_read_tokens is not None:
+                self._cache_read = (self._cache_read or 0) + call.cache_read_tokens
+            if call.cache_write_tokens is not None:
+                self._cache_write = (self._cache_write or 0) + call.cache_write_tokens
+            if call.reasoning_tokens is not None:
+                self._reasoning = (self._reasoning or 0) + call.reasoning_tokens
+            if call.tool_tokens is not None:
+                self._tool = (self._tool or 0) + call.tool_tokens
+            if call.cost is not None:
+                self._cost = call.cost if self._cost is None else self._cost + call.cost
+            elif call.input_tokens or call.output_tokens:
+                self._unpriced_calls += 1
+            if call.turn is None:
+                self._loose_calls += 1
+            tokens = call.input_tokens + call.output_tokens
+            if tokens:
+                self._window.add(tokens, now)
+            self._history.append(call)
+
+    # ----------------------------------------------------------------- reading
+    @property
+    def usage(self) -> Usage:
+        """Exact totals of every call this session made (history bound or not)."""
+        with self._lock:
+            return Usage(self._input, self._output, self._cache_read, self._cache_write,
+                         self._reasoning, self._tool)
+
+    @property
+    def cost(self) -> Cost | None:
+        """Total cost of the priced calls; ``None`` when no call could be priced."""
+        with self._lock:
+            return self._cost
+
+    @property
+    def calls(self) -> list[CallRecord]:
+        """The most recent calls, oldest first (at most ``history_limit``)."""
+        with self._lock:
+            history = list(self._history)
+        return [call.record() for call in history]
+
+    @property
+    def call_count(self) -> int:
+        with self._lock:
+            return self._calls
+
+    @property
+    def throttle_wait_s(self) -> float:
+        with self._lock:
+            return self._throttle_wait_s
+
+    def tokens_per_minute(self) -> float:
+        with self._lock:
+            return self._window.per_minute(time.time())
+
+    def summary(self) -> dict[str, Any]:
+        """Totals, per-call averages and rates as one plain dict."""
+        now = time.time()
+        with self._lock:
+            calls = self._calls
+            usage = Usage(self._input, self._output, self._cache_read, self._cache_write,
+                          self._reasoning, self._tool)
+
+            def per_call(value: float | None) -> float | None:
+                return None if value is None or calls == 0 else value / calls
+
+            return {
+                "session_id": self.id,
+                "calls": calls,
+                "turns": self._turns + self._loose_calls,
+                "errors": self._errors,
+                "retries": self._retries,
+                "usage": usage.to_dict(),
+                "averages_per_call": {
+                    "input_tokens": per_call(usage.input_tokens),
+                    "output_tokens": per_call(usage.output_tokens),
+                    "total_tokens": per_call(usage.total_tokens),
+                    "cache_read_tokens": per_call(usage.cache_read_tokens),
+                    "reasoning_tokens": per_call(usage.reasoning_tokens),
+                    "duration_s": per_call(self._duration_s),
+                    "cost": None if self._cost is None or calls == 0
+                    else str(self._cost.amount / Decimal(calls)),
+                },
+                "tokens_per_minute": self._window.per_minute(now),
+                "work_rate_tpm": 60.0 * usage.total_tokens / self._duration_s if self._duration_s else 0.0,
+                "throttle_wait_s": self._throttle_wait_s,
+                "retry_wait_s": self._retry_wait_s,
+                "cost": None if self._cost is None else self._cost.to_dict(),
+                "unpriced_calls": self._unpriced_calls,
+            }
+
+    def reset(self) -> None:
+        """Forget every total and the history (the session stays in use)."""
+        with self._lock:
+            self._clear()
+
+    # ----------------------------------------------------------------- turns
+    @contextmanager
+    def turn(self) -> Iterator[int]:
+        """Group the calls of one user turn: ``summary()["turns"]`` counts turns, not calls."""
+        with self._lock:
+            self._turns += 1
+            number = self._turns
+        token = self._turn_var.set(number)
+        try:
+            yield number
+        finally:
+            self._turn_var.reset(token)
+
+    def _current_turn(self) -> int | None:
+        return self._turn_var.get()
+
+    # ----------------------------------------------------------------- scoping
+    def __enter__(self) -> Session:
+        # the reset token lives in the context too, so one Session may be entered by many
+        # threads and tasks at once
+        token = _current.set(self)
+        _scope_tokens.set((*_scope_tokens.get(), token))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stack = _scope_tokens.get()
+        _scope_tokens.set(stack[:-1])
+        _current.reset(stack[-1])
+
+    async def __aenter__(self) -> Session:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()
+
+    def __repr__(self) -> str:
+        return f"Session({self.id!r}, calls={self.call_count}, usage={self.usage!r})"
+
+
+class SessionManager:
+    """The sessions known to the process, by id (the most recent 10,000 are kept)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self.history_limit = 1000
+        self.tpm_window_s = 60
+        self.default = Session(DEFAULT_SESSION_ID, self.history_limit)
+
+    def configure(self, history_limit: int, tpm_window_s: int) -> None:
+        self.history_limit = history_limit
+        self.tpm_window_s = tpm_window_s
+        with self.default._lock:
+            self.default._history = deque(self.default._history, maxlen=history_limit)
+
+    def open(self, session_id: str | None = None, budget: Budget | None = None) -> Session:
+        """The session with this id (created on first use); a fresh id when ``None``."""
+        if session_id is None:
+            session_id = uuid.uuid4().hex
+        elif not isinstance(session_id, str) or not session_id:
+            from .errors import TokenmetryError
+
+            raise TokenmetryError(f"session id must be a non-empty string, got {session_id!r}")
+        if session_id == DEFAULT_SESSION_ID:
+            return self.default
+        with self._lock:
+            found = self._sessions.get(session_id)
+            if found is None:
+                found = self._sessions[session_id] = Session(
+                    session_id, self.history_limit, tpm_window_s=self.tpm_window_s)
+                while len(self._sessions) > _MAX_TRACKED_SESSIONS:
+                    self._sessions.popitem(last=False)
+            else:
+                self._sessions.move_to_end(session_id)
+        if budget is not None:
+            found.budget = budget
+        return found
+
+    def get(self, session_id: str) -> Session | None:
+        if session_id == DEFAULT_SESSION_ID:
+            return self.default
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def reset(self, session_id: str) -> None:
+        found = self.get(session_id)
+        if found is not None:
+            found.reset()
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return [DEFAULT_SESSION_ID, *self._sessions]
+
+    def clear(self) -> None:
+        """Forget every session and reset the default one."""
+        with self._lock:
+            self._sessions.clear()
+        self.default.reset()
+
+
+sessions = SessionManager()
+_current: contextvars.ContextVar[Session | None] = contextvars.ContextVar("tokenmetry_session", default=None)
+_scope_tokens: contextvars.ContextVar[tuple[contextvars.Token[Session | None], ...]] = contextvars.ContextVar(
+    "tokenmetry_session_scopes", default=())
+
+
+def current_session() -> Session:
+    """The session in scope here, or the process-wide default session."""
+    return _current.get() or sessions.default
+
+
+def session(session_id: str | None = None, *, budget: Budget | None = None) -> Session:
+    """Open (or reopen) a session; use it as ``with``/``async with`` to attribute calls to it."""
+    return sessions.open(session_id, budget)

@@ -1,0 +1,360 @@
+"""The only module that talks to OpenTelemetry: spans, metric instruments, attribute names.
+
+Nothing is created until an OpenTelemetry SDK is configured (globally, or passed to
+``instrument(tracer_provider=..., meter_provider=...)``); until then every call costs one check.
+Names follow the GenAI semantic conventions; what they do not cover lives under ``tokenmetry.``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+if TYPE_CHECKING:
+    from .call import Call, Recorder
+    from .config import Options
+
+__all__ = ["Telemetry", "TOKEN_BUCKETS", "DURATION_BUCKETS"]
+
+logger = logging.getLogger("tokenmetry")
+
+SCOPE = "tokenmetry"
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.37.0"
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+
+# attribute names
+OPERATION = "gen_ai.operation.name"
+PROVIDER = "gen_ai.provider.name"
+REQUEST_MODEL = "gen_ai.request.model"
+RESPONSE_MODEL = "gen_ai.response.model"
+RESPONSE_ID = "gen_ai.response.id"
+FINISH_REASONS = "gen_ai.response.finish_reasons"
+REQUEST_STREAM = "gen_ai.request.stream"
+INPUT_TOKENS = "gen_ai.usage.input_tokens"
+OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+CACHE_READ = "gen_ai.usage.cache_read.input_tokens"
+CACHE_WRITE = "gen_ai.usage.cache_write.input_tokens"
+REASONING = "gen_ai.usage.reasoning.output_tokens"
+CONVERSATION = "gen_ai.conversation.id"
+TOKEN_TYPE = "gen_ai.token.type"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+ERROR_TYPE = "error.type"
+INPUT_MESSAGES = "gen_ai.input.messages"
+OUTPUT_MESSAGES = "gen_ai.output.messages"
+TM_USAGE_SOURCE = "tokenmetry.usage.source"
+TM_TOOL_TOKENS = "tokenmetry.usage.tool_tokens"
+TM_COST = "tokenmetry.cost.amount"
+TM_CURRENCY = "tokenmetry.cost.currency"
+TM_RETRIES = "tokenmetry.retries"
+TM_THROTTLE_WAIT = "tokenmetry.throttle_wait_s"
+TM_RETRY_WAIT = "tokenmetry.retry_wait_s"
+TM_TTFC = "tokenmetry.time_to_first_chunk_s"
+TM_RETRY_CAUSE = "tokenmetry.retry.cause"
+TM_TOKEN_KIND = "tokenmetry.token.kind"
+
+_MAX_ATTRIBUTE_SETS = 4096  # bound on cached metric attribute dicts (cardinality guard)
+
+
+def _is_noop_tracer_provider(provider: Any) -> bool:
+    return isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
+def _is_noop_meter_provider(provider: Any) -> bool:
+    return isinstance(provider, metrics.NoOpMeterProvider) or type(provider).__name__ == "_ProxyMeterProvider"
+
+
+class _Instruments:
+    """Every metric instrument tokenmetry records, created once from a real meter."""
+
+    def __init__(self, meter: metrics.Meter, recorder: Recorder) -> None:
+        self.token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=list(TOKEN_BUCKETS))
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
+        self.time_to_first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk", unit="s",
+            description="Time to receive the first chunk of a streamed response.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
+        self.time_per_output_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_per_output_chunk", unit="s",
+            description="Mean time between output chunks after the first, one point per stream.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
+        self.tokens = meter.create_counter(
+            "tokenmetry.tokens", unit="{token}",
+            description="Tokens by kind: cache_read, cache_write, reasoning, tool.")
+        self.cost = meter.create_counter(
+            "tokenmetry.cost", unit=recorder.options.currency, description="Cost of the calls.")
+        self.unpriced = meter.create_counter(
+            "tokenmetry.unpriced", unit="{call}", description="Calls whose model has no known price.")
+        self.throttle_wait = meter.create_histogram(
+            "tokenmetry.throttle.wait", unit="s",
+            description="Time slept before retrying a call, by cause (throttle = HTTP 429).",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
+        self.retries = meter.create_counter(
+            "tokenmetry.retries", unit="{retry}", description="Retries by cause.")
+        stats = recorder.stats_ref
+
+        def tokens_per_minute(_: CallbackOptions) -> list[Observation]:
+            return [Observation(tpm, {PROVIDER: provider, REQUEST_MODEL: model or "unknown"})
+                    for provider, model, tpm in stats().tokens_per_minute()]
+
+        def rate_limit_remaining(_: CallbackOptions) -> list[Observation]:
+            points = []
+            for key, values in stats().rate_limits().items():
+                provider, _, model = key.partition("/")
+                for kind in ("requests", "tokens", "input_tokens", "output_tokens"):
+                    value = values.get(f"remaining_{kind}")
+                    if value is not None:
+                        points.append(Observation(value, {PROVIDER: provider, REQUEST_MODEL: model,
+                                                          "tokenmetry.rate_limit.kind": kind}))
+            return points
+
+        def throttle_wait_total(_: CallbackOptions) -> list[Observation]:
+            snapshot = stats().snapshot()
+            return [Observation(tally.throttle_wait_s, {PROVIDER: name})
+                    for name, tally in snapshot.by_provider.items()]
+
+        meter.create_observable_gauge(
+            "tokenmetry.tokens_per_minute", callbacks=[tokens_per_minute], unit="{token}/min",
+            description="Input+output tokens of calls completed in the rolling window, per minute.")
+        meter.create_observable_gauge(
+            "tokenmetry.rate_limit.remaining", callbacks=[rate_limit_remaining], unit="1",
+            description="Latest remaining requests/tokens reported by the vendor's rate-limit headers.")
+        meter.create_observable_gauge(
+            "tokenmetry.throttle.wait_total", callbacks=[throttle_wait_total], unit="s",
+            description="Total time slept on HTTP 429 since start, per provider.")
+
+
+class Telemetry:
+    """Turns a Call into one CLIENT span and its metric points."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+        self._lock = threading.Lock()
+        self._tracer: trace.Tracer | None = None
+        self._instruments: _Instruments | None = None
+        self._metric_attrs: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
+        self._tracer_provider: Any = None
+        self._meter_provider: Any = None
+        self._capture = False
+
+    def configure(self, options: Options) -> None:
+        with self._lock:
+            self._tracer_provider = options.tracer_provider
+            self._meter_provider = options.meter_provider
+            self._capture = options.capture_on_spans
+            self._tracer = None
+            self._instruments = None
+            self._metric_attrs = {}
+
+    # ----------------------------------------------------------------- is an SDK there?
+    @property
+    def tracing(self) -> bool:
+        return self._tracer is not None or self._find_tracer() is not None
+
+    @property
+    def metering(self) -> bool:
+        return self._instruments is not None or self._find_instruments() is not None
+
+    def _find_tracer(self) -> trace.Tracer | None:
+        provider = self._tracer_provider or trace.get_tracer_provider()
+        if _is_noop_tracer_provider(provider):
+            return None
+        with self._lock:
+            if self._tracer is None:
+                from . import __version__
+
+                self._tracer = provider.get_tracer(SCOPE, __version__, schema_url=SCHEMA_URL)
+            return self._tracer
+
+    def _find_instruments(self) -> _Instruments | None:
+        provider = self._meter_provider or metrics.get_meter_provider()
+        if _is_noop_meter_provider(provider):
+            return None
+        with self._lock:
+            if self._instruments is None:
+                from . import __version__
+
+                meter = provider.get_meter(SCOPE, __version__, schema_url=SCHEMA_URL)
+                self._instruments = _Instruments(meter, self._recorder)
+            return self._instruments
+
+    # ----------------------------------------------------------------- spans
+    def start_span(self, call: Call) -> None:
+        tracer = self._tracer or self._find_tracer()
+        if tracer is None:
+            return
+        attributes: dict[str, Any] = {
+            OPERATION: call.operation,
+            PROVIDER: call.provider,
+            REQUEST_STREAM: call.stream,
+            CONVERSATION: call.session.id,
+        }
+        if call.request_model:
+            attributes[REQUEST_MODEL] = call.request_model
+        if call.server_address:
+            attributes[SERVER_ADDRESS] = call.server_address
+            if call.server_port:
+                attributes[SERVER_PORT] = call.server_port
+        name = f"{call.operation} {call.request_model}" if call.request_model else call.operation
+        call.span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+
+    @staticmethod
+    def activate(call: Call) -> object | None:
+        """Make the call's span current while the SDK sends (HTTP spans nest under it)."""
+        span = call.span
+        if span is None:
+            return None
+        return otel_context.attach(trace.set_span_in_context(span))
+
+    @staticmethod
+    def deactivate(token: object | None) -> None:
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+
+    @staticmethod
+    def retry_event(call: Call, event: dict[str, Any]) -> None:
+        span = call.span
+        if span is None:
+            return
+        attributes = {
+            "tokenmetry.retry.attempt": event["attempt"],
+            "tokenmetry.retry.slept_s": event["slept_s"],
+            TM_RETRY_CAUSE: event["cause"],
+        }
+        if event["status"] is not None:
+            attributes["http.response.status_code"] = event["status"]
+        if event["retry_after_s"] is not None:
+            attributes["tokenmetry.retry.retry_after_s"] = event["retry_after_s"]
+        span.add_event("tokenmetry.retry", attributes)
+
+    # ----------------------------------------------------------------- end of a call
+    def end(self, call: Call) -> None:
+        span = call.span
+        if span is not None:
+            self._end_span(call, span)
+        instruments = self._instruments or self._find_instruments()
+        if instruments is not None:
+            self._record_metrics(call, instruments)
+
+    def _end_span(self, call: Call, span: Any) -> None:
+        attributes: dict[str, Any] = {
+            TM_USAGE_SOURCE: call.usage_source,
+            TM_RETRIES: call.retries,
+            TM_THROTTLE_WAIT: call.throttle_wait_s,
+        }
+        if call.usage_source != "missing":
+            attributes[INPUT_TOKENS] = call.input_tokens
+            attributes[OUTPUT_TOKENS] = call.output_tokens
+        if call.response_model:
+            attributes[RESPONSE_MODEL] = call.response_model
+        if call.response_id:
+            attributes[RESPONSE_ID] = call.response_id
+        if call.finish_reasons:
+            attributes[FINISH_REASONS] = tuple(call.finish_reasons)
+        if call.cache_read_tokens is not None:
+            attributes[CACHE_READ] = call.cache_read_tokens
+        if call.cache_write_tokens is not None:
+            attributes[CACHE_WRITE] = call.cache_write_tokens
+        if call.reasoning_tokens is not None:
+            attributes[REASONING] = call.reasoning_tokens
+        if call.tool_tokens is not None:
+            attributes[TM_TOOL_TOKENS] = call.tool_tokens
+        if call.retry_wait_s:
+            attributes[TM_RETRY_WAIT] = call.retry_wait_s
+        if call.time_to_first_chunk_s is not None:
+            attributes[TM_TTFC] = call.time_to_first_chunk_s
+        cost = call.cost
+        if cost is not None:
+            attributes[TM_COST] = float(cost.amount)
+            attributes[TM_CURRENCY] = cost.currency
+        if self._capture:
+            self._capture_content(call, attributes)
+        if call.error_type is not None:
+            attributes[ERROR_TYPE] = call.error_type
+            span.set_status(Status(StatusCode.ERROR, call.error_type))
+        span.set_attributes(attributes)
+        span.end()
+
+    @staticmethod
+    def _capture_content(call: Call, attributes: dict[str, Any]) -> None:
+        body = call.request_body
+        if isinstance(body, dict):
+            messages = body.get("messages") or body.get("input") or body.get("contents") or body.get("prompt")
+            if messages is not None:
+                try:
+                    attributes[INPUT_MESSAGES] = json.dumps(messages, default=str)
+                except (TypeError, ValueError):
+                    pass
+        if call.text_parts:
+            attributes[OUTPUT_MESSAGES] = json.dumps(
+                [{"role": "assistant", "parts": [{"type": "text", "content": "".join(call.text_parts)}]}])
+
+    def _attribute_sets(self, call: Call) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        key = (call.provider, call.operation, call.request_model, call.response_model,
+               call.server_address, call.server_port, call.error_type)
+        found = self._metric_attrs.get(key)
+        if found is not None:
+            return found
+        base: dict[str, Any] = {OPERATION: call.operation, PROVIDER: call.provider}
+        if call.request_model:
+            base[REQUEST_MODEL] = call.request_model
+        if call.response_model:
+            base[RESPONSE_MODEL] = call.response_model
+        if call.server_address:
+            base[SERVER_ADDRESS] = call.server_address
+            if call.server_port:
+                base[SERVER_PORT] = call.server_port
+        duration = dict(base)
+        if call.error_type is not None:
+            duration[ERROR_TYPE] = call.error_type
+        found = ({**base, TOKEN_TYPE: "input"}, {**base, TOKEN_TYPE: "output"}, duration)
+        if len(self._metric_attrs) < _MAX_ATTRIBUTE_SETS:
+            self._metric_attrs[key] = found
+        return found
+
+    def _record_metrics(self, call: Call, instruments: _Instruments) -> None:
+        input_attrs, output_attrs, duration_attrs = self._attribute_sets(call)
+        instruments.duration.record(call.duration_s, duration_attrs)
+        if call.usage_source != "missing":
+            instruments.token_usage.record(call.input_tokens, input_attrs)
+            instruments.token_usage.record(call.output_tokens, output_attrs)
+        if call.stream and call.time_to_first_chunk_s is not None:
+            instruments.time_to_first_chunk.record(call.time_to_first_chunk_s, duration_attrs)
+            if call.chunks > 1:
+                instruments.time_per_output_chunk.record(
+                    (call.duration_s - call.time_to_first_chunk_s) / (call.chunks - 1), duration_attrs)
+        # the detail kinds are rarer: only non-zero values cost a point
+        if call.cache_read_tokens:
+            instruments.tokens.add(call.cache_read_tokens, {**duration_attrs, TM_TOKEN_KIND: "cache_read"})
+        if call.cache_write_tokens:
+            instruments.tokens.add(call.cache_write_tokens, {**duration_attrs, TM_TOKEN_KIND: "cache_write"})
+        if call.reasoning_tokens:
+            instruments.tokens.add(call.reasoning_tokens, {**duration_attrs, TM_TOKEN_KIND: "reasoning"})
+        if call.tool_tokens:
+            instruments.tokens.add(call.tool_tokens, {**duration_attrs, TM_TOKEN_KIND: "tool"})
+        cost = call.cost
+        if cost is not None:
+            instruments.cost.add(float(cost.amount), {**duration_attrs, TM_CURRENCY: cost.currency})
+        elif call.input_tokens or call.output_tokens:
+            instruments.unpriced.add(1, duration_attrs)
+        events = call.retry_events
+        if events:
+            for event in events:
+                cause_attrs = {PROVIDER: call.provider, TM_RETRY_CAUSE: event["cause"]}
+                if call.request_model:
+                    cause_attrs[REQUEST_MODEL] = call.request_model
+                instruments.retries.add(1, cause_attrs)
+                instruments.throttle_wait.record(event["slept_s"], cause_attrs)
