@@ -164,6 +164,8 @@ class Recorder:
         self.stats = ProcessStats(self.options.tpm_window_s)
         self.telemetry = Telemetry(self)
         self._subscribers: tuple[Callable[[CallRecord], Any], ...] = ()
+        # internal sinks (the ledger): receive the finished Call itself, must be cheap and never raise
+        self._sinks: tuple[Callable[[Call], None], ...] = ()
         self._subscribers_lock = threading.Lock()
         self._price: Callable[[Call], Cost | None] | None = None
         self._estimate: Callable[[Call], None] | None = None
@@ -191,6 +193,15 @@ class Recorder:
                 self._subscribers = tuple(s for s in self._subscribers if s is not callback)
 
         return unsubscribe
+
+    def add_sink(self, sink: Callable[[Call], None]) -> None:
+        with self._subscribers_lock:
+            if sink not in self._sinks:
+                self._sinks = (*self._sinks, sink)
+
+    def remove_sink(self, sink: Callable[[Call], None]) -> None:
+        with self._subscribers_lock:
+            self._sinks = tuple(s for s in self._sinks if s is not sink)
 
     # ----------------------------------------------------------------- lifecycle
     def begin(self, provider: str, operation: str, request_model: str | None, stream: bool,
@@ -247,6 +258,8 @@ class Recorder:
                                             call.rate_limits)
             if call.span is not None or self.telemetry.metering:
                 self.telemetry.end(call)
+            for sink in self._sinks:
+                sink(call)
             subscribers = self._subscribers
             if subscribers:
                 record = call.record()
