@@ -41,6 +41,8 @@ _wall = time.time
 
 # the call whose HTTP attempts are running here: retry-sleep hooks attribute their waits to it
 current_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar("tokenmetry_call", default=None)
+# the last call that failed here: a retry loop around whole SDK calls files its waits under its model
+last_failed_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar("tokenmetry_failed", default=None)
 
 
 class Call:
@@ -229,10 +231,33 @@ class Recorder:
         if call.span is not None and call.retry_events:
             self.telemetry.retry_event(call, call.retry_events[-1])
 
+    def note_loop_retry(self, *, attempt: int, status: int | None, retry_after_s: float | None,
+                        slept_s: float, cause: str) -> None:
+        """A backoff sleep of a tenacity loop (see :mod:`tokenmetry.retries`).
+
+        Inside an SDK call it is that call's retry; around whole SDK calls it belongs to the logical
+        operation: the session in scope, the process statistics and the span current here.
+        """
+        call = current_call.get()
+        if call is not None:
+            self.note_retry(call, attempt=attempt, status=status, retry_after_s=retry_after_s,
+                            slept_s=slept_s, cause=cause)
+            return
+        failed = last_failed_call.get()
+        provider = failed.provider if failed is not None else "unknown"
+        model = None if failed is None else (failed.response_model or failed.request_model)
+        current_session()._add_retry(slept_s, cause)
+        self.stats.add_retry(provider, model, slept_s, cause)
+        self.telemetry.loop_retry(provider, model, {
+            "attempt": attempt, "status": status, "retry_after_s": retry_after_s,
+            "slept_s": slept_s, "cause": cause,
+        })
+
     def fail(self, call: Call, error: BaseException) -> None:
         """The call raised ``error`` (which the caller re-raises unchanged)."""
         if call.error_type is None:
             call.error_type = type(error).__qualname__
+        last_failed_call.set(call)
         self.finish(call)
 
     def finish(self, call: Call, incomplete: bool = False) -> None:

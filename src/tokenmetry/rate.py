@@ -141,6 +141,26 @@ class ProcessStats:
                 per_model = self._models[key] = _Tally(self._window_s)
             per_model.add(call, now)
 
+    def add_retry(self, provider: str, model: str | None, slept_s: float, cause: str) -> None:
+        """A wait of a retry loop around whole calls (no call of its own to carry it)."""
+        with self._lock:
+            tallies = [self._process]
+            provider_tally = self._providers.get(provider)
+            if provider_tally is None:
+                provider_tally = self._providers[provider] = _Tally(self._window_s)
+            tallies.append(provider_tally)
+            model_tally = self._models.get((provider, model))
+            if model_tally is None:
+                model_tally = self._models[(provider, model)] = _Tally(self._window_s)
+            tallies.append(model_tally)
+            for tally in tallies:
+                tally.retries += 1
+                if cause == "throttle":
+                    tally.throttle_events += 1
+                    tally.throttle_wait_s += slept_s
+                else:
+                    tally.retry_wait_s += slept_s
+
     def note_rate_limits(self, provider: str, model: str | None, values: dict[str, Any]) -> None:
         """Keep the latest rate-limit figures a response's headers gave for ``provider/model``."""
         key = model_key(provider, model)

@@ -104,6 +104,15 @@ class Session:
                 self._window.add(tokens, now)
             self._history.append(call)
 
+    def _add_retry(self, slept_s: float, cause: str) -> None:
+        """A wait between whole calls of a retry loop: the session's, not any one call's."""
+        with self._lock:
+            self._retries += 1
+            if cause == "throttle":
+                self._throttle_wait_s += slept_s
+            else:
+                self._retry_wait_s += slept_s
+
     # ----------------------------------------------------------------- reading
     @property
     def usage(self) -> Usage:

@@ -240,6 +240,29 @@ class Telemetry:
             attributes["tokenmetry.retry.retry_after_s"] = event["retry_after_s"]
         span.add_event("tokenmetry.retry", attributes)
 
+    def loop_retry(self, provider: str, model: str | None, event: dict[str, Any]) -> None:
+        """A retry-loop wait between whole calls: metrics, and an event on the span current here."""
+        attributes: dict[str, Any] = {PROVIDER: provider, TM_RETRY_CAUSE: event["cause"]}
+        if model:
+            attributes[REQUEST_MODEL] = model
+        instruments = self._instruments or self._find_instruments()
+        if instruments is not None:
+            instruments.retries.add(1, attributes)
+            instruments.throttle_wait.record(event["slept_s"], attributes)
+        span = trace.get_current_span()
+        if span.is_recording():
+            event_attributes = {
+                "tokenmetry.retry.attempt": event["attempt"],
+                "tokenmetry.retry.slept_s": event["slept_s"],
+                TM_RETRY_CAUSE: event["cause"],
+                PROVIDER: provider,
+            }
+            if event["status"] is not None:
+                event_attributes["http.response.status_code"] = event["status"]
+            if event["retry_after_s"] is not None:
+                event_attributes["tokenmetry.retry.retry_after_s"] = event["retry_after_s"]
+            span.add_event("tokenmetry.retry", event_attributes)
+
     # ----------------------------------------------------------------- end of a call
     def end(self, call: Call) -> None:
         span = call.span
