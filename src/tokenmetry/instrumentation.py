@@ -95,7 +95,10 @@ def wrap(client: Any) -> Any:
 
     >>> client = tokenmetry.wrap(openai.OpenAI())  # doctest: +SKIP
     """
-    for name in ADAPTERS:
+    # try the adapter of the client's own package first: loading the others imports their SDKs
+    package = type(client).__module__.split(".", 1)[0]
+    names = sorted(ADAPTERS, key=lambda name: 0 if name.split("_", 1)[0] == package else 1)
+    for name in names:
         adapter = load_adapter(name)
         if adapter is None or not adapter.available() or not adapter.owns(client):
             continue

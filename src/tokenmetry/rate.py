@@ -75,8 +75,9 @@ class _Tally:
         self.throttle_events += call.throttle_events
         self.throttle_wait_s += call.throttle_wait_s
         self.retry_wait_s += call.retry_wait_s
-        self.busy_s += call.duration_s
         tokens = call.input_tokens + call.output_tokens
+        if tokens:  # work rate is throughput while producing tokens: token counting calls are not work
+            self.busy_s += call.duration_s
         self.input += call.input_tokens
         self.output += call.output_tokens
         if call.cache_read_tokens is not None:
