@@ -55,7 +55,7 @@ class Call:
         "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens", "tool_tokens", "usage_source",
         "finish_reasons", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s", "retry_events",
         "error_type", "cost", "span", "request_body", "text_parts", "withhold_usage_chunk", "done",
-        "reservation", "rate_limits", "_record",
+        "reservation", "rate_limits", "attributes", "_record",
     )
 
     def __init__(self, provider: str, operation: str, request_model: str | None, stream: bool,
@@ -99,6 +99,8 @@ class Call:
         self.done = False
         self.reservation: Any = None
         self.rate_limits: dict[str, Any] | None = None  # from the response's rate-limit headers
+        # adapter-specific facts for the span, under ``tokenmetry.*`` names (e.g. a counted figure)
+        self.attributes: dict[str, Any] | None = None
         self._record: CallRecord | None = None
 
     def set_usage(self, input_tokens: int, output_tokens: int, cache_read: int | None = None,

@@ -303,6 +303,8 @@ class Telemetry:
         if cost is not None:
             attributes[TM_COST] = float(cost.amount)
             attributes[TM_CURRENCY] = cost.currency
+        if call.attributes:
+            attributes.update(call.attributes)
         if self._capture:
             self._capture_content(call, attributes)
         if call.error_type is not None:
