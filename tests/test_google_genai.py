@@ -430,6 +430,7 @@ def test_count_tokens_bills_nothing(server, instrumented, vertexai, is_async):
     [span] = instrumented.finished_spans()
     check_span(span, server, operation="count_tokens", provider=provider, request_model=MODEL,
                response_model=None, response_id=None, finish_reasons=(), usage=Usage(0, 0), stream=False)
+    assert span.attributes["tokenmetry.counted.input_tokens"] == server.responses[0].json["totalTokens"]
     check_token_metrics(instrumented, Usage(0, 0), operation="count_tokens", provider=provider, stream=False)
 
 

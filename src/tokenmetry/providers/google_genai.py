@@ -17,7 +17,8 @@ the response leaves out stays None. Streams repeat ``usage_metadata`` on chunks 
 mid-stream: the last chunk's is the whole, so each one is assigned, never added.
 
 ``count_tokens`` bills nothing: it is recorded as operation ``count_tokens`` with zero usage (it
-appears in the session's calls and the request counts, adds nothing to the token totals or costs).
+appears in the session's calls and the request counts, adds nothing to the token totals or costs); the
+counted figure is the span attribute ``tokenmetry.counted.input_tokens``.
 
 ``gen_ai.request.model`` is the model without the resource prefixes Google accepts for the same
 model (``models/``, ``publishers/google/models/``, ``projects/…/publishers/google/models/``), so one
@@ -215,6 +216,9 @@ def _read_embed(call: Call, response: Any) -> None:
 
 def _read_count_tokens(call: Call, response: Any) -> None:
     call.set_usage(0, 0)  # counting is free: nothing billed, nothing added to the totals
+    counted = getattr(response, "total_tokens", None)
+    if counted is not None:
+        call.attributes = {"tokenmetry.counted.input_tokens": counted}
 
 
 GENERATE_CONTENT = Endpoint("generate_content", _read_generate, _read_generate_chunk)
