@@ -383,3 +383,65 @@ class Telemetry:
                     cause_attrs[REQUEST_MODEL] = call.request_model
                 instruments.retries.add(1, cause_attrs)
                 instruments.throttle_wait.record(event["slept_s"], cause_attrs)
+
+
+# ----------------------------------------------------------------------------- SDKs' own spans
+# An SDK that traces itself (anthropic) must not add a second span, or a second count of the tokens,
+# for a call tokenmetry records: its adapter hands the SDK one of these instead of its own span.
+_USAGE_PREFIX = "gen_ai.usage."
+
+
+def stand_in_span(span: Any) -> trace.Span:
+    """A non-recording span carrying ``span``'s context: the SDK skips all its span work, and the
+    trace-context headers it sends point at the span that is exported."""
+    return trace.NonRecordingSpan(span.get_span_context())
+
+
+class _UsageWithheld(trace.Span):
+    """An SDK's own span kept under tokenmetry's, without ``gen_ai.usage.*`` (tokenmetry's span
+    carries them, so the trace counts tokens once). A real ``Span``: propagators ignore others."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Any) -> None:
+        self._span = span
+
+    def get_span_context(self) -> Any:
+        return self._span.get_span_context()
+
+    def is_recording(self) -> bool:
+        return bool(self._span.is_recording())
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if not key.startswith(_USAGE_PREFIX):
+            self._span.set_attribute(key, value)
+
+    def set_attributes(self, attributes: Any) -> None:
+        self._span.set_attributes(
+            {key: value for key, value in attributes.items() if not key.startswith(_USAGE_PREFIX)})
+
+    def add_event(self, name: str, attributes: Any = None, timestamp: Any = None) -> None:
+        self._span.add_event(name, attributes, timestamp)
+
+    def add_link(self, context: Any, attributes: Any = None) -> None:
+        self._span.add_link(context, attributes)
+
+    def update_name(self, name: str) -> None:
+        self._span.update_name(name)
+
+    def set_status(self, status: Any, description: Any = None) -> None:
+        self._span.set_status(status, description)
+
+    def record_exception(self, exception: BaseException, attributes: Any = None, timestamp: Any = None,
+                         escaped: bool = False) -> None:
+        self._span.record_exception(exception, attributes, timestamp, escaped)
+
+    def end(self, end_time: Any = None) -> None:
+        self._span.end(end_time)
+
+
+def without_usage(span: Any) -> Any:
+    """``span`` with its ``gen_ai.usage.*`` attributes dropped (idempotent; None stays None)."""
+    if span is None or isinstance(span, _UsageWithheld):
+        return span
+    return _UsageWithheld(span)

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..call import Call, current_call, logger, recorder, warn_once
 from ..errors import BudgetExceeded
-from ..streams import aobserve, observe
+from ..streams import ChunkReader, aobserve, observe
 from .base import Endpoint, Patch, Target
 
 __all__ = ["StainlessAdapter", "retry_after_seconds", "retry_cause"]
@@ -84,6 +84,11 @@ class StainlessAdapter:
     def read_headers(self, call: Call, headers: Any) -> None:
         """Read rate-limit headers of a successful response (optional)."""
 
+    def chunk_reader(self, endpoint: Endpoint, call: Call) -> ChunkReader:
+        """The reader of one stream's chunks. An adapter whose usage builds up over a stream's
+        chunks overrides this to return a reader that keeps that running state per stream."""
+        return endpoint.read_chunk or _deliver_all
+
     def request_facts(self, options: Any) -> tuple[str | None, bool, Any]:
         """(request model, stream, body) of a request."""
         body = options.json_data
@@ -98,11 +103,15 @@ class StainlessAdapter:
         try:
             self.sdk = importlib.import_module(self.package)
             self._base = importlib.import_module(f"{self.package}._base_client")
-            self._legacy = importlib.import_module(f"{self.package}._legacy_response")
             self._response = importlib.import_module(f"{self.package}._response")
             self._streaming = importlib.import_module(f"{self.package}._streaming")
         except ImportError:
             return False
+        try:  # openai still has the legacy raw-response class; anthropic 2.x no longer does
+            self._legacy_response_class = importlib.import_module(
+                f"{self.package}._legacy_response").LegacyAPIResponse
+        except (ImportError, AttributeError):
+            self._legacy_response_class = None
         return True
 
     def patches(self) -> list[Patch]:
@@ -119,7 +128,8 @@ class StainlessAdapter:
     def wrap_client(self, client: Any) -> None:
         """Instrument one client instance (and the copies ``with_options``/``copy`` make of it)."""
         for patch in self.patches():
-            if isinstance(client, patch.owner):
+            # a patch on a module (not a client class) is process-wide: instrument() applies it
+            if isinstance(patch.owner, type) and isinstance(client, patch.owner):
                 _bind(client, patch.name, patch.wrapper)
         adapter = self
 
@@ -221,9 +231,9 @@ class StainlessAdapter:
                 self._track_stream(result, endpoint, call, is_async=False)
             elif isinstance(result, streaming.AsyncStream):
                 self._track_stream(result, endpoint, call, is_async=True)
-            elif isinstance(result, self._legacy.LegacyAPIResponse):
-                self._track_raw(result, endpoint, call)
             elif isinstance(result, self._response.BaseAPIResponse):
+                self._track_raw(result, endpoint, call)
+            elif self._legacy_response_class is not None and isinstance(result, self._legacy_response_class):
                 self._track_raw(result, endpoint, call)
             else:
                 endpoint.read_response(call, result)
@@ -234,13 +244,16 @@ class StainlessAdapter:
         return result
 
     def _track_stream(self, stream: Any, endpoint: Endpoint, call: Call, is_async: bool) -> None:
-        read_chunk = endpoint.read_chunk or _deliver_all
+        read_chunk = self.chunk_reader(endpoint, call)
+        # anthropic makes ``_iterator`` lazily from a copy of the stream: take it before the class
+        # swap, so that copy is a plain SDK stream without the accounting finaliser
+        inner = stream._iterator
         stream.__class__ = self._tracked_class(type(stream), is_async)
         stream._tokenmetry_call = call
         if is_async:
-            stream._iterator = aobserve(stream._iterator, call, read_chunk, recorder)
+            stream._iterator = aobserve(inner, call, read_chunk, recorder)
         else:
-            stream._iterator = observe(stream._iterator, call, read_chunk, recorder)
+            stream._iterator = observe(inner, call, read_chunk, recorder)
 
     def _track_raw(self, response: Any, endpoint: Endpoint, call: Call) -> None:
         http_response = response.http_response
