@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .call import Call
     from .usage import Cost
 
-__all__ = ["estimate_call", "price_call", "request_text"]
+__all__ = ["estimate_call", "price_call", "request_text", "warm_up"]
 
 
 def request_text(body: Any) -> str:
@@ -83,3 +83,12 @@ def price_call(call: Call) -> Cost | None:
         logger.debug("tokenmetry: pricing failed", exc_info=True)
         warn_once("pricing", "tokenmetry: pricing a call failed (further failures logged at DEBUG)")
         return None
+
+
+def warm_up() -> None:
+    """Start loading the price data in the background (called once, when the first call begins)."""
+    try:
+        from .pricing import warm_up as warm_prices
+    except ImportError:
+        return
+    warm_prices()

@@ -66,17 +66,9 @@ class Budget:
 
     # ----------------------------------------------------------------- estimates
     def _estimate(self, call: Call) -> tuple[int, Decimal | None]:
-        from .accounting import request_text
-
         body = call.request_body if isinstance(call.request_body, dict) else {}
         model = call.request_model or ""
-        text = request_text(body)
-        try:
-            from .counting import estimate_tokens
-
-            prompt = estimate_tokens(model, text) if text else 0
-        except Exception:
-            prompt = (len(text) + 3) // 4
+        prompt = self._prompt_tokens(model, body)
         output = self.default_output_tokens
         for key in _OUTPUT_LIMIT_KEYS:
             value = body.get(key)
@@ -89,12 +81,38 @@ class Budget:
         return prompt + output, cost
 
     @staticmethod
+    def _prompt_tokens(model: str, body: dict[str, Any]) -> int:
+        """The prompt's tokens: chat messages with their framing where the body has them."""
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            try:
+                from .counting import count_tokens
+
+                return count_tokens(model, messages, system=body.get("system"), tools=body.get("tools")).tokens
+            except Exception:
+                pass  # an unusual message shape: fall back to the text estimate
+        from .accounting import request_text
+
+        text = request_text(body)
+        if not text:
+            return 0
+        try:
+            from .counting import estimate_tokens
+
+            return estimate_tokens(model, text)
+        except Exception:
+            return (len(text) + 3) // 4
+
+    @staticmethod
     def _price(call: Call, prompt: int, output: int) -> Decimal | None:
         try:
+            from .call import recorder
             from .pricing import price
             from .usage import Usage
 
-            priced = price(call.request_model or "", Usage(prompt, output), provider=call.provider)
+            # an estimate, not a call: it must not count as an unpriced call
+            priced = price(call.request_model or "", Usage(prompt, output), provider=call.provider,
+                           options=recorder.options, record_unpriced=False)
         except Exception:
             return None
         return None if priced is None else priced.amount

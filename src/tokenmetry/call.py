@@ -173,6 +173,7 @@ class Recorder:
         self._subscribers_lock = threading.Lock()
         self._price: Callable[[Call], Cost | None] | None = None
         self._estimate: Callable[[Call], None] | None = None
+        self._warmed = False  # price data loads in the background once the first call begins
 
     def configure(self, options: Options) -> None:
         from .session import sessions
@@ -210,6 +211,8 @@ class Recorder:
     # ----------------------------------------------------------------- lifecycle
     def begin(self, provider: str, operation: str, request_model: str | None, stream: bool,
               server_address: str | None, server_port: int | None, request_body: Any = None) -> Call:
+        if not self._warmed:
+            self._warm_up()
         session = current_session()
         call = Call(provider, operation, request_model, stream, server_address, server_port,
                     session, request_body)
@@ -217,8 +220,9 @@ class Recorder:
         if budget is not None:
             budget.reserve(call)  # may raise BudgetExceeded: before anything is sent
         telemetry = self.telemetry
-        if telemetry.tracing:
-            telemetry.start_span(call)
+        tracer = telemetry.tracer()
+        if tracer is not None:
+            telemetry.start_span(call, tracer)
         return call
 
     def stats_ref(self) -> ProcessStats:
@@ -255,8 +259,16 @@ class Recorder:
             "slept_s": slept_s, "cause": cause,
         })
 
+    def _warm_up(self) -> None:
+        self._warmed = True
+        from .accounting import warm_up
+
+        warm_up()
+
     def fail(self, call: Call, error: BaseException) -> None:
         """The call raised ``error`` (which the caller re-raises unchanged)."""
+        if call.done:  # e.g. a stream read again after close(): its record is settled
+            return
         if call.error_type is None:
             call.error_type = type(error).__qualname__
         last_failed_call.set(call)
@@ -283,8 +295,7 @@ class Recorder:
             if call.rate_limits:
                 self.stats.note_rate_limits(call.provider, call.response_model or call.request_model,
                                             call.rate_limits)
-            if call.span is not None or self.telemetry.metering:
-                self.telemetry.end(call)
+            self.telemetry.end(call)  # the span if any, metric points if an SDK meters
             for sink in self._sinks:
                 sink(call)
             subscribers = self._subscribers

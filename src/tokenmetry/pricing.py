@@ -308,6 +308,28 @@ def _snapshot() -> Any:
     return data_snapshot.get_snapshot()
 
 
+_warming: threading.Thread | None = None
+
+
+def warm_up() -> None:
+    """Load the price data off the calling thread (once), so that the first priced call of the
+    process does not wait for it: the lifecycle calls this when the first call begins, and the data
+    is there by the time that call's response has come back."""
+    global _warming
+    with _resolve_lock:
+        if _warming is not None:
+            return
+        _warming = threading.Thread(target=_warm, name="tokenmetry-price-data", daemon=True)
+    _warming.start()
+
+
+def _warm() -> None:
+    try:
+        _snapshot()
+    except Exception:  # a broken install shows up, with its warning, on the first real price instead
+        pass
+
+
 def _normalised_ref(model: str) -> str:
     ref = model.strip().lower()
     if "models/" in ref:  # "models/gemini-2.5-flash", "projects/p/locations/l/publishers/google/models/..."
