@@ -16,51 +16,17 @@ import importlib
 import inspect
 import time
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from ..call import Call, current_call, logger, recorder, warn_once
 from ..errors import BudgetExceeded
+from ..retries import retry_after_seconds, retry_cause
 from ..streams import ChunkReader, aobserve, observe
 from .base import Endpoint, Patch, Target
 
 __all__ = ["StainlessAdapter", "retry_after_seconds", "retry_cause"]
 
 _perf = time.perf_counter
-
-
-def retry_after_seconds(headers: Any) -> float | None:
-    """What the server asked for: ``retry-after-ms``, else ``retry-after`` (seconds or HTTP date)."""
-    if headers is None:
-        return None
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return float(value) / 1000.0
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def retry_cause(status: int | None) -> str:
-    """The cause a retry is filed under: throttle (429), overloaded (529), server_error, connection."""
-    if status is None:
-        return "connection"
-    if status == 429:
-        return "throttle"
-    if status == 529:
-        return "overloaded"
-    return "server_error"
 
 
 class StainlessAdapter:
