@@ -9,6 +9,7 @@ adapter's code.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import os
@@ -23,6 +24,7 @@ import anthropic
 import pytest
 
 import tokenmetry
+from tokenmetry.counting import estimate_tokens
 from tokenmetry.testing import LocalAPIServer, Reply, SSEEvent
 from tokenmetry.usage import Usage
 
@@ -407,9 +409,24 @@ def start_truth(server: LocalAPIServer) -> Usage:
     return spec_usage(server.last_response.usage_pieces[0])[0]
 
 
-def check_left_early(record: Any, server: LocalAPIServer, error_type: str | None) -> None:
-    assert record.usage == start_truth(server)
-    assert record.usage_source == "provider"
+def first_text_sent(server: LocalAPIServer) -> str:
+    return next(event.data["delta"]["text"] for event in server.last_response.events
+                if event.event == "content_block_delta")
+
+
+def check_left_early(record: Any, server: LocalAPIServer, error_type: str | None,
+                     delivered: bool = True) -> None:
+    """``message_start``'s exact input and cache counts; its output (a placeholder) raised to what
+    the text delivered before the stream was left accounts for."""
+    start = start_truth(server)
+    if delivered:
+        estimated = estimate_tokens(MODEL, first_text_sent(server))
+        assert estimated > start.output_tokens  # else this test would not exercise the top-up
+        assert record.usage == dataclasses.replace(start, output_tokens=estimated)
+        assert record.usage_source == "estimated"
+    else:
+        assert record.usage == start
+        assert record.usage_source == "provider"
     assert record.error_type == error_type
     assert record.finish_reasons == ()
     assert record.stream is True
@@ -426,14 +443,14 @@ def test_stream_break_then_garbage_collected(server: LocalAPIServer, tm: Any, re
     check_left_early(only(records), server, "_OTHER")
     span = only(tm.finished_spans())
     assert span.attributes["error.type"] == "_OTHER"
-    assert span.attributes["gen_ai.usage.output_tokens"] == start_truth(server).output_tokens
+    assert span.attributes["gen_ai.usage.output_tokens"] == only(records).usage.output_tokens
 
 
 def test_stream_closed_early(server: LocalAPIServer, tm: Any, records: list[Any]) -> None:
     stream = client(server).messages.create(**ARGS, stream=True)
     assert next(iter(stream)).type == "message_start"
     stream.close()
-    check_left_early(only(records), server, None)
+    check_left_early(only(records), server, None, delivered=False)
     stream.close()  # twice: still one record
     del stream
     gc.collect()

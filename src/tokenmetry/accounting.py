@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .call import Call
     from .usage import Cost
 
-__all__ = ["estimate_call", "price_call", "request_text", "warm_up"]
+__all__ = ["estimate_call", "price_call", "request_text", "top_up_output", "warm_up"]
 
 
 def request_text(body: Any) -> str:
@@ -69,6 +69,23 @@ def estimate_call(call: Call) -> None:
     call.input_tokens = input_tokens
     call.output_tokens = output_tokens
     call.usage_source = "estimated"
+
+
+def top_up_output(call: Call) -> None:
+    """A stream left early whose provider usage has the prompt but not yet the output (Anthropic's
+    ``message_start`` says output 1): raise the output to what the delivered text accounts for."""
+    output = "".join(call.text_parts) if call.text_parts else ""
+    if not output:
+        return
+    try:
+        from .counting import estimate_tokens
+
+        estimated = estimate_tokens(call.request_model or call.response_model or "", output)
+    except Exception:
+        estimated = (len(output) + 3) // 4
+    if estimated > call.output_tokens:
+        call.output_tokens = estimated
+        call.usage_source = "estimated"
 
 
 def price_call(call: Call) -> Cost | None:

@@ -55,7 +55,7 @@ class Call:
         "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens", "tool_tokens", "usage_source",
         "finish_reasons", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s", "retry_events",
         "error_type", "cost", "span", "request_body", "text_parts", "withhold_usage_chunk", "done",
-        "reservation", "rate_limits", "attributes", "_record",
+        "reservation", "rate_limits", "attributes", "output_pending", "_record",
     )
 
     def __init__(self, provider: str, operation: str, request_model: str | None, stream: bool,
@@ -101,6 +101,8 @@ class Call:
         self.rate_limits: dict[str, Any] | None = None  # from the response's rate-limit headers
         # adapter-specific facts for the span, under ``tokenmetry.*`` names (e.g. a counted figure)
         self.attributes: dict[str, Any] | None = None
+        # the output count so far is a placeholder until the stream's final usage (Anthropic)
+        self.output_pending = False
         self._record: CallRecord | None = None
 
     def set_usage(self, input_tokens: int, output_tokens: int, cache_read: int | None = None,
@@ -285,6 +287,11 @@ class Recorder:
                 call.error_type = "_OTHER"
             if call.usage_source == "missing":
                 self._fill_estimate(call)
+            elif call.output_pending and call.text_parts:
+                # a stream left before its final usage (Anthropic: exact input, placeholder output)
+                from .accounting import top_up_output
+
+                top_up_output(call)
             if call.input_tokens or call.output_tokens:
                 call.cost = self._cost(call)
             budget = call.session.budget

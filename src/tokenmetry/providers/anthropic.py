@@ -149,6 +149,7 @@ class _MessageStreamReader:
                 if creation is not None:
                     self.cache_write_1h = _value(creation, "ephemeral_1h_input_tokens")
                 self._apply(call)
+                call.output_pending = True  # message_start's output count is a placeholder
         elif kind == "message_delta":
             stop_reason = _value(event.delta, "stop_reason")
             if stop_reason:
@@ -157,6 +158,7 @@ class _MessageStreamReader:
             if usage is not None:
                 self._merge(usage)
                 self._apply(call)
+                call.output_pending = False
         return True
 
     def _merge(self, usage: Any) -> None:
