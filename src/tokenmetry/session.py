@@ -29,6 +29,45 @@ DEFAULT_SESSION_ID = "default"
 _MAX_TRACKED_SESSIONS = 10_000
 
 
+def _plus(total: Decimal | None, part: Decimal | None) -> Decimal | None:
+    if total is None:
+        return part
+    if part is None:
+        return total
+    return total + part
+
+
+class _CostSum:
+    """A running ``Cost`` total, added to in place: summing immutable ``Cost`` objects would build
+    a new frozen dataclass on every call. ``value()`` gives exactly what ``Cost + Cost`` would."""
+
+    __slots__ = ("amount", "currency", "input", "output", "cache_read", "cache_write", "source")
+
+    def __init__(self, cost: Cost) -> None:
+        self.amount = cost.amount
+        self.currency = cost.currency
+        self.input = cost.input
+        self.output = cost.output
+        self.cache_read = cost.cache_read
+        self.cache_write = cost.cache_write
+        self.source = cost.source
+
+    def add(self, cost: Cost) -> None:
+        if cost.currency != self.currency:  # what Cost.__add__ raises, checked before any change
+            raise ValueError(f"cannot add costs in {self.currency} and {cost.currency}")
+        self.amount += cost.amount
+        self.input = _plus(self.input, cost.input)
+        self.output = _plus(self.output, cost.output)
+        self.cache_read = _plus(self.cache_read, cost.cache_read)
+        self.cache_write = _plus(self.cache_write, cost.cache_write)
+        if cost.source != self.source:
+            self.source = "mixed"
+
+    def value(self) -> Cost:
+        return Cost(self.amount, self.currency, self.input, self.output, self.cache_read, self.cache_write,
+                    self.source)
+
+
 class Session:
     """Usage, cost and history of one conversation (or any unit of work you name).
 
@@ -59,13 +98,14 @@ class Session:
         self._throttle_wait_s = 0.0
         self._retry_wait_s = 0.0
         self._duration_s = 0.0
+        self._busy_s = 0.0  # duration of the calls that produced tokens: the work rate's denominator
         self._input = 0
         self._output = 0
         self._cache_read: int | None = None
         self._cache_write: int | None = None
         self._reasoning: int | None = None
         self._tool: int | None = None
-        self._cost: Cost | None = None
+        self._cost: _CostSum | None = None
         self._unpriced_calls = 0
         self._turns = 0
         self._loose_calls = 0  # calls made outside any explicit turn: each is its own turn
@@ -94,13 +134,17 @@ class Session:
             if call.tool_tokens is not None:
                 self._tool = (self._tool or 0) + call.tool_tokens
             if call.cost is not None:
-                self._cost = call.cost if self._cost is None else self._cost + call.cost
+                if self._cost is None:
+                    self._cost = _CostSum(call.cost)
+                else:
+                    self._cost.add(call.cost)
             elif call.input_tokens or call.output_tokens:
                 self._unpriced_calls += 1
             if call.turn is None:
                 self._loose_calls += 1
             tokens = call.input_tokens + call.output_tokens
             if tokens:
+                self._busy_s += call.duration_s
                 self._window.add(tokens, now)
             self._history.append(call)
 
@@ -125,7 +169,7 @@ class Session:
     def cost(self) -> Cost | None:
         """Total cost of the priced calls; ``None`` when no call could be priced."""
         with self._lock:
-            return self._cost
+            return None if self._cost is None else self._cost.value()
 
     @property
     def calls(self) -> list[CallRecord]:
@@ -177,10 +221,10 @@ class Session:
                     else str(self._cost.amount / Decimal(calls)),
                 },
                 "tokens_per_minute": self._window.per_minute(now),
-                "work_rate_tpm": 60.0 * usage.total_tokens / self._duration_s if self._duration_s else 0.0,
+                "work_rate_tpm": 60.0 * usage.total_tokens / self._busy_s if self._busy_s else 0.0,
                 "throttle_wait_s": self._throttle_wait_s,
                 "retry_wait_s": self._retry_wait_s,
-                "cost": None if self._cost is None else self._cost.to_dict(),
+                "cost": None if self._cost is None else self._cost.value().to_dict(),
                 "unpriced_calls": self._unpriced_calls,
             }
 

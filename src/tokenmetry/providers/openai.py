@@ -78,10 +78,19 @@ def _read_chat(call: Call, completion: Any) -> None:
                 call.add_text(content)
 
 
+def _unset_injected_usage(chunk: Any) -> None:
+    """Once usage is asked for, the API sends ``"usage": null`` on every chunk: when tokenmetry asked,
+    mark the field unset again so the chunk serialises (``to_dict()``, ``exclude_unset``) as it would
+    have without the injection."""
+    chunk.__pydantic_fields_set__.discard("usage")
+
+
 def _read_chat_chunk(call: Call, chunk: Any) -> bool:
     usage = chunk.usage
     if usage is not None:
         _read_completion_usage(call, usage)  # the last non-null usage wins
+    elif call.withhold_usage_chunk:
+        _unset_injected_usage(chunk)
     choices = chunk.choices
     if not choices:
         # the usage-only chunk we asked for on the user's behalf; anything else passes
@@ -119,6 +128,8 @@ def _read_text_completion_chunk(call: Call, chunk: Any) -> bool:
     usage = chunk.usage
     if usage is not None:
         _read_completion_usage(call, usage)
+    elif call.withhold_usage_chunk:
+        _unset_injected_usage(chunk)
     choices = chunk.choices
     if not choices:
         return usage is None or not call.withhold_usage_chunk
@@ -217,14 +228,48 @@ _RATE_LIMIT_HEADERS = (
 )
 
 
+_RATE_LIMIT_NAMES = {header.encode(): header for header, _, _ in _RATE_LIMIT_HEADERS}
+
+
+def _rate_limit_values(headers: Any) -> dict[str, str]:
+    """The ``x-ratelimit-*`` headers tokenmetry reads, each exactly as ``headers.get()`` gives it.
+
+    ``httpx2.Headers.get()`` walks every header (and raises and catches ``KeyError`` for a missing
+    one); a real response has about twenty headers, so one pass over the header list (lower-case
+    keys, as httpx2 keeps them) costs a fraction of a ``get()`` per name.
+    """
+    entries = getattr(headers, "_list", None)
+    if isinstance(entries, list):
+        names = _RATE_LIMIT_NAMES
+        try:
+            hits = [(names[key], value) for _, key, value in entries if key in names]
+        except (TypeError, ValueError):
+            hits = None  # not the (raw key, key, value) layout this was written for: ask get() instead
+        if hits is not None:
+            if not hits:
+                return {}
+            encoding = headers.encoding
+            found: dict[str, str] = {}
+            for name, value in hits:
+                text = value.decode(encoding)
+                found[name] = text if name not in found else f"{found[name]}, {text}"  # as get() joins
+            return found
+    values = {}
+    for header, _, _ in _RATE_LIMIT_HEADERS:
+        value = headers.get(header)
+        if value is not None:
+            values[header] = value
+    return values
+
+
 def read_ratelimit_headers(call: Call, headers: Any) -> None:
     """``x-ratelimit-*`` headers (OpenAI and most compatible vendors) into ``call.rate_limits``."""
-    if headers.get("x-ratelimit-remaining-requests") is None and \
-            headers.get("x-ratelimit-remaining-tokens") is None:
+    found = _rate_limit_values(headers)
+    if "x-ratelimit-remaining-requests" not in found and "x-ratelimit-remaining-tokens" not in found:
         return
     values: dict[str, Any] = {}
     for header, key, kind in _RATE_LIMIT_HEADERS:
-        raw = headers.get(header)
+        raw = found.get(header)
         if raw is not None:
             try:
                 values[key] = kind(raw)
