@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import tokenmetry
 from tokenmetry.call import recorder
 from tokenmetry.config import Options
+from tokenmetry.providers.openai import _counted as counted_responses
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +26,7 @@ def clean_tokenmetry() -> Iterator[None]:
     recorder.configure(Options())
     recorder.stats.reset()
     tokenmetry.sessions.clear()
+    counted_responses.clear()  # the local servers of different tests reuse response ids
     yield
     tokenmetry.uninstrument()
     recorder.configure(Options())

@@ -184,8 +184,6 @@ def test_wrapped_client_retries_counted_once(server: LocalAPIServer, records: li
     assert records[0].retries == 1 and 0 < records[0].throttle_wait_s < 0.6
 
 
-@pytest.mark.xfail(strict=True, reason="stainless.py: with instrument() and wrap() both active, the class "
-                   "and the instance _sleep_for_retry wrappers both note the same sleep; reported to the lead")
 def test_wrap_and_instrument_together_count_a_retry_once(server: LocalAPIServer, records: list[CallRecord]) -> None:
     tokenmetry.instrument()
     server.enqueue("openai.chat", Reply(status=429, headers={"retry-after-ms": "10"}))

@@ -210,8 +210,6 @@ async def test_sdk_backoff_without_retry_after(server: LocalAPIServer, otel: Any
     _check_retried_call(server, otel, records, session, plan, [None], backoff=(0.375, 0.5))
 
 
-@pytest.mark.xfail(strict=True, reason="stainless.py computes retry_after_s from an HTTP-date retry-after "
-                   "after the sleep (so ~0 s), not when the response arrived; reported to the lead")
 def test_sdk_retry_after_http_date(server: LocalAPIServer, otel: Any, records: list[CallRecord]) -> None:
     tokenmetry.instrument(**otel.kwargs())
     server.enqueue("openai.chat", Reply(status=429, headers={"retry-after": _http_date(2)}))

@@ -8,6 +8,7 @@ chunk (``choices == []``) is then withheld, so the user iterates exactly what th
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -172,8 +173,13 @@ def _read_response(call: Call, response: Any) -> None:
             None if input_details is None else getattr(input_details, "cache_write_tokens", None),
             None if output_details is None else output_details.reasoning_tokens,
         )
+    elif status in _UNFINISHED:
+        # a background response not generated yet: nothing billed so far, nothing to estimate;
+        # its usage is counted when a retrieve finds it complete
+        call.set_usage(0, 0)
 
 
+_UNFINISHED = frozenset({"queued", "in_progress"})
 _FINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
@@ -183,11 +189,62 @@ def _read_response_event(call: Call, event: Any) -> bool:
         call.add_text(event.delta)
     elif kind in _FINAL_RESPONSE_EVENTS:
         call.finish_reasons.clear()
-        _read_response(call, event.response)
+        _read_created(call, event.response)
     elif kind == "response.created":
         call.response_id = event.response.id
         call.response_model = event.response.model
     return True
+
+
+class _CountedResponses:
+    """Ids of Responses whose usage this process has already counted (the most recent 10,000).
+
+    ``responses.retrieve`` returns a stored response with the usage its creation was billed for:
+    counting it again would double a session's totals. A retrieved response is counted only when
+    its usage was not seen before (a background response polled until it completes).
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._ids: dict[str, None] = {}
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._ids.clear()
+
+    def first_time(self, response_id: str) -> bool:
+        with self._lock:
+            if response_id in self._ids:
+                return False
+            self._ids[response_id] = None
+            if len(self._ids) > self._limit:
+                del self._ids[next(iter(self._ids))]
+            return True
+
+
+_counted = _CountedResponses()
+
+
+def _read_created(call: Call, response: Any) -> None:
+    _read_response(call, response)
+    if response.usage is not None and response.id:
+        _counted.first_time(response.id)
+
+
+def _read_retrieved(call: Call, response: Any) -> None:
+    _read_response(call, response)
+    if response.usage is not None and response.id and not _counted.first_time(response.id):
+        call.set_usage(0, 0)  # billed, and counted, when it was created
+        call.attributes = {"tokenmetry.usage.already_counted": True}
+
+
+def _read_retrieved_event(call: Call, event: Any) -> bool:
+    if event.type in _FINAL_RESPONSE_EVENTS:
+        call.finish_reasons.clear()
+        _read_retrieved(call, event.response)
+        return True
+    return _read_response_event(call, event) if event.type != "response.completed" else True
 
 
 def _ask_for_stream_usage(call: Call, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -209,7 +266,8 @@ CHAT = Endpoint("chat", _read_chat, _read_chat_chunk, _ask_for_stream_usage)
 TEXT_COMPLETION = Endpoint("text_completion", _read_text_completion, _read_text_completion_chunk,
                            _ask_for_stream_usage)
 EMBEDDINGS = Endpoint("embeddings", _read_embeddings)
-RESPONSES = Endpoint("chat", _read_response, _read_response_event)
+RESPONSES = Endpoint("chat", _read_created, _read_response_event)
+RETRIEVED_RESPONSE = Endpoint("chat", _read_retrieved, _read_retrieved_event)
 
 _POST_ENDPOINTS = {
     "/chat/completions": CHAT,
@@ -281,6 +339,12 @@ def read_ratelimit_headers(call: Call, headers: Any) -> None:
 class OpenAIAdapter(StainlessAdapter):
     package = "openai"
     name = "openai"
+    helper_streams = (
+        "openai.lib.streaming.chat._completions:ChatCompletionStream",
+        "openai.lib.streaming.chat._completions:AsyncChatCompletionStream",
+        "openai.lib.streaming.responses._responses:ResponseStream",
+        "openai.lib.streaming.responses._responses:AsyncResponseStream",
+    )
 
     def route(self, client: Any, options: Any) -> Endpoint | None:
         method = options.method
@@ -288,7 +352,7 @@ class OpenAIAdapter(StainlessAdapter):
         if method == "post":
             return _POST_ENDPOINTS.get(url)
         if method == "get" and url.startswith("/responses/") and url.count("/") == 2:
-            return RESPONSES  # responses.retrieve
+            return RETRIEVED_RESPONSE  # responses.retrieve
         return None
 
     def target(self, client: Any) -> Target:

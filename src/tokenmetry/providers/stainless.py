@@ -12,6 +12,7 @@ token-producing (:meth:`route`), where the client points (:meth:`target`) and wh
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import inspect
 import time
@@ -27,6 +28,9 @@ from .base import Endpoint, Patch, Target
 __all__ = ["StainlessAdapter", "retry_after_seconds", "retry_cause"]
 
 _perf = time.perf_counter
+# set while a retry sleep is being measured: with instrument() and wrap() both on a client, the
+# instance-level and class-level hooks nest, and only the outer one may note the sleep
+_sleep_noted: contextvars.ContextVar[bool] = contextvars.ContextVar("tokenmetry_sleep_noted", default=False)
 
 
 class StainlessAdapter:
@@ -80,9 +84,13 @@ class StainlessAdapter:
             self._legacy_response_class = None
         return True
 
+    #: SDK stream helpers ("module:Class") that wrap a raw stream in ``_raw_stream`` but whose
+    #: ``close()`` closes the HTTP response directly: their close must account the raw stream's call
+    helper_streams: tuple[str, ...] = ()
+
     def patches(self) -> list[Patch]:
         sync_client, async_client = self._base.SyncAPIClient, self._base.AsyncAPIClient
-        return [
+        patches = [
             Patch(sync_client, "request", self._sync_request),
             Patch(async_client, "request", self._async_request),
             Patch(sync_client, "_sleep_for_retry", self._sync_sleep),
@@ -90,6 +98,16 @@ class StainlessAdapter:
             Patch(sync_client, "_process_response", self._process_response),
             Patch(async_client, "_process_response", self._process_response),
         ]
+        for name in self.helper_streams:
+            module_name, _, class_name = name.partition(":")
+            try:
+                helper = getattr(importlib.import_module(module_name), class_name)
+            except (ImportError, AttributeError):
+                continue  # another SDK version: nothing to hook
+            if "close" in helper.__dict__:
+                is_async = inspect.iscoroutinefunction(helper.__dict__["close"])
+                patches.append(Patch(helper, "close", _helper_aclose if is_async else _helper_close))
+        return patches
 
     def wrap_client(self, client: Any) -> None:
         """Instrument one client instance (and the copies ``with_options``/``copy`` make of it)."""
@@ -121,7 +139,7 @@ class StainlessAdapter:
         model, stream, body = self.request_facts(options)
         call = recorder.begin(target.provider, endpoint.operation, model, stream,
                               target.server_address, target.server_port, body)
-        if endpoint.prepare is not None and isinstance(body, Mapping):
+        if endpoint.prepare is not None and isinstance(body, Mapping) and not _reads_raw_bytes(options):
             replacement = endpoint.prepare(call, body)
             if replacement is not None:
                 options.json_data = replacement
@@ -331,24 +349,48 @@ class StainlessAdapter:
     # ----------------------------------------------------------------- retries and headers
     def _sync_sleep(self, wrapped: Any, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = current_call.get()
-        if call is None:
+        if call is None or _sleep_noted.get():
             return wrapped(*args, **kwargs)
+        retry = self._retry_facts(call, kwargs)  # before sleeping: an HTTP-date retry-after is relative to now
+        token = _sleep_noted.set(True)
         started = _perf()
         try:
             return wrapped(*args, **kwargs)
         finally:
-            _note_sleep(call, kwargs, _perf() - started)
+            _sleep_noted.reset(token)
+            _note_sleep(call, retry, _perf() - started)
 
     async def _async_sleep(self, wrapped: Any, client: Any, args: tuple[Any, ...],
                            kwargs: dict[str, Any]) -> Any:
         call = current_call.get()
-        if call is None:
+        if call is None or _sleep_noted.get():
             return await wrapped(*args, **kwargs)
+        retry = self._retry_facts(call, kwargs)
+        token = _sleep_noted.set(True)
         started = _perf()
         try:
             return await wrapped(*args, **kwargs)
         finally:
-            _note_sleep(call, kwargs, _perf() - started)
+            _sleep_noted.reset(token)
+            _note_sleep(call, retry, _perf() - started)
+
+    def _retry_facts(self, call: Call, kwargs: Mapping[str, Any]) -> tuple[int, int | None, float | None] | None:
+        """(retry number, status, seconds asked) of the retry about to sleep; reads the failed
+        response's rate-limit headers too (a 429 is when "remaining: 0" matters most)."""
+        try:
+            response = kwargs.get("response")
+            attempt = int(kwargs.get("retries_taken", call.retries)) + 1
+            if response is None:
+                return attempt, None, None
+            headers = response.headers
+            try:
+                self.read_headers(call, headers)
+            except Exception:
+                _failed("headers")
+            return attempt, response.status_code, retry_after_seconds(headers)
+        except Exception:
+            _failed("retry")
+            return None
 
     def _process_response(self, wrapped: Any, client: Any, args: tuple[Any, ...],
                           kwargs: dict[str, Any]) -> Any:
@@ -378,16 +420,46 @@ def _bind(client: Any, name: str, wrapper: Any) -> None:
         client.__dict__[name] = patched
 
 
-def _note_sleep(call: Call, kwargs: Mapping[str, Any], slept: float) -> None:
+def _note_sleep(call: Call, retry: tuple[int, int | None, float | None] | None, slept: float) -> None:
+    if retry is None:
+        return
+    attempt, status, retry_after = retry
     try:
-        response = kwargs.get("response")
-        status = None if response is None else response.status_code
-        headers = None if response is None else response.headers
-        recorder.note_retry(call, attempt=int(kwargs.get("retries_taken", call.retries)) + 1, status=status,
-                            retry_after_s=retry_after_seconds(headers), slept_s=slept,
+        recorder.note_retry(call, attempt=attempt, status=status, retry_after_s=retry_after, slept_s=slept,
                             cause=retry_cause(status))
     except Exception:
         _failed("retry")
+
+
+def _reads_raw_bytes(options: Any) -> bool:
+    """``with_streaming_response``: the user may read the body's bytes or lines themselves, where
+    nothing added to the request (an extra usage chunk) could be withheld from them."""
+    headers = options.headers
+    return isinstance(headers, Mapping) and headers.get("X-Stainless-Raw-Response") == "stream"
+
+
+def _finish_helper(helper: Any) -> None:
+    raw = getattr(helper, "_raw_stream", None)
+    call = None if raw is None else raw.__dict__.get("_tokenmetry_call")
+    if call is not None and not call.done:
+        recorder.finish(call)
+
+
+def _helper_close(wrapped: Any, helper: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A stream helper closed (``with`` left early, or ``close()``): account its stream now."""
+    try:
+        _finish_helper(helper)
+    except Exception:
+        _failed("stream")
+    return wrapped(*args, **kwargs)
+
+
+async def _helper_aclose(wrapped: Any, helper: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        _finish_helper(helper)
+    except Exception:
+        _failed("stream")
+    return await wrapped(*args, **kwargs)
 
 
 def _finish_raw(response: Any, incomplete: bool = False) -> None:
