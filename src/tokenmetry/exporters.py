@@ -273,9 +273,13 @@ def setup_from_options(options: Any) -> None:
 
     Called by ``instrument()`` after the recorder is configured; idempotent.
     """
-    from . import ledger
+    import sys
 
-    ledger.configure(options.ledger)
+    # the ledger module (sqlite3) loads only for a process that uses a ledger
+    if options.ledger is not None or "tokenmetry.ledger" in sys.modules:
+        from . import ledger
+
+        ledger.configure(options.ledger)
     _setup_exporter(options)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import threading
 from collections.abc import Collection, Iterable
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 from .call import logger, recorder
 from .config import resolve
 from .errors import ConfigError, TokenmetryError
-from .providers import ADAPTERS, ALIASES, load_adapter
+from .providers import ADAPTERS, ALIASES, PACKAGES, load_adapter
 from .providers.base import Patch
 
 __all__ = ["instrument", "uninstrument", "wrap", "instrumented", "TokenmetryInstrumentor"]
@@ -18,6 +20,8 @@ _lock = threading.RLock()
 # (owner, attribute name) -> the original attribute, exactly as found in owner.__dict__
 _originals: dict[tuple[Any, str], Any] = {}
 _active: set[str] = set()
+_wanted: set[str] = set()  # installed SDKs to patch when the application imports them
+_hooked: set[str] = set()  # providers with an import hook registered (wrapt keeps hooks for good)
 
 
 def _provider_names(providers: Iterable[str] | str | None) -> list[str]:
@@ -49,45 +53,84 @@ def _apply(patch: Patch) -> None:
 def instrument(providers: Iterable[str] | str | None = None, **options: Any) -> list[str]:
     """Instrument every installed SDK (or the named ones). Idempotent; does no network I/O.
 
-    Options are keyword arguments (see :mod:`tokenmetry.config`), which win over ``TOKENMETRY_*``
-    environment variables and the TOML file. Returns the providers now instrumented.
+    An SDK already imported is patched at once; one installed but not yet imported is patched the
+    moment the application imports it, so ``instrument()`` never pays for importing SDKs the
+    application does not use. Options are keyword arguments (see :mod:`tokenmetry.config`), which win
+    over ``TOKENMETRY_*`` environment variables and the TOML file. Returns the providers instrumented
+    now or on import.
 
     >>> import tokenmetry
     >>> tokenmetry.instrument()  # doctest: +SKIP
-    ['openai', 'anthropic', 'google_genai']
+    ['anthropic', 'google_genai', 'openai']
     """
     names = _provider_names(providers)
     resolved = resolve(options)
     with _lock:
         recorder.configure(resolved)
         for name in names:
-            if name in _active:
+            if name in _active or name in _wanted:
                 continue
-            adapter = load_adapter(name)
-            if adapter is None or not adapter.available():
-                continue
-            for patch in adapter.patches():
-                _apply(patch)
-            _active.add(name)
+            package = PACKAGES[name]
+            if package in sys.modules:
+                _patch_provider(name)
+            elif _installed(package):
+                _wanted.add(name)
+                _hook_import(name, package)
         from .exporters import setup_from_options
 
         setup_from_options(resolved)
-        return sorted(_active)
+        return sorted(_active | _wanted)
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _patch_provider(name: str) -> None:
+    adapter = load_adapter(name)
+    if adapter is None or not adapter.available():
+        return
+    for patch in adapter.patches():
+        _apply(patch)
+    _active.add(name)
+
+
+def _hook_import(name: str, package: str) -> None:
+    import wrapt
+
+    if name in _hooked:
+        return
+    _hooked.add(name)
+
+    def on_import(module: Any) -> None:
+        with _lock:
+            if name in _wanted:  # still wanted: uninstrument() may have come first
+                _wanted.discard(name)
+                try:
+                    _patch_provider(name)
+                except Exception:
+                    logger.warning("tokenmetry: could not instrument %s on import", package, exc_info=True)
+
+    wrapt.register_post_import_hook(on_import, package)
 
 
 def uninstrument() -> None:
-    """Restore every patched attribute exactly as it was."""
+    """Restore every patched attribute exactly as it was (and forget SDKs awaiting their import)."""
     with _lock:
         for (owner, name), original in reversed(list(_originals.items())):
             setattr(owner, name, original)
         _originals.clear()
         _active.clear()
+        _wanted.clear()
 
 
 def instrumented() -> list[str]:
-    """The providers currently instrumented by :func:`instrument`."""
+    """The providers instrumented by :func:`instrument`: patched now, or on their SDK's import."""
     with _lock:
-        return sorted(_active)
+        return sorted(_active | _wanted)
 
 
 def wrap(client: Any) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["ADAPTERS", "ALIASES", "load_adapter"]
+__all__ = ["ADAPTERS", "ALIASES", "PACKAGES", "load_adapter"]
 
 # provider name -> module holding ``adapter``
 ADAPTERS: dict[str, str] = {
@@ -14,6 +14,8 @@ ADAPTERS: dict[str, str] = {
     "anthropic": "tokenmetry.providers.anthropic",
     "google_genai": "tokenmetry.providers.google_genai",
 }
+# provider name -> the SDK package it instruments
+PACKAGES: dict[str, str] = {"openai": "openai", "anthropic": "anthropic", "google_genai": "google.genai"}
 ALIASES = {"gemini": "google_genai", "google-genai": "google_genai", "google": "google_genai",
            "vertex": "google_genai"}
 
