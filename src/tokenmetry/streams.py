@@ -28,6 +28,9 @@ def observe(inner: Iterator[Any], call: Call, read_chunk: ChunkReader, recorder:
             if not call.chunks:
                 call.time_to_first_chunk_s = _perf() - call.t0
             call.chunks += 1
+            if call.done:  # read on after close(): the record is settled and must not change
+                yield chunk
+                continue
             try:
                 deliver = read_chunk(call, chunk)
             except Exception:
@@ -53,6 +56,9 @@ async def aobserve(inner: AsyncIterator[Any], call: Call, read_chunk: ChunkReade
             if not call.chunks:
                 call.time_to_first_chunk_s = _perf() - call.t0
             call.chunks += 1
+            if call.done:  # read on after close(): the record is settled and must not change
+                yield chunk
+                continue
             try:
                 deliver = read_chunk(call, chunk)
             except Exception:
