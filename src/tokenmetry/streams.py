@@ -9,6 +9,7 @@ chunk tokenmetry asked for on their behalf).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -28,11 +29,10 @@ def observe(inner: Iterator[Any], call: Call, read_chunk: ChunkReader, recorder:
             if not call.chunks:
                 call.time_to_first_chunk_s = _perf() - call.t0
             call.chunks += 1
-            if call.done:  # read on after close(): the record is settled and must not change
-                yield chunk
-                continue
             try:
-                deliver = read_chunk(call, chunk)
+                # read on after close(): the record is settled and must not change, but a chunk
+                # tokenmetry asked for is still withheld
+                deliver = read_chunk(_scratch(call) if call.done else call, chunk)
             except Exception:
                 deliver = True
                 _reader_failed()
@@ -56,11 +56,10 @@ async def aobserve(inner: AsyncIterator[Any], call: Call, read_chunk: ChunkReade
             if not call.chunks:
                 call.time_to_first_chunk_s = _perf() - call.t0
             call.chunks += 1
-            if call.done:  # read on after close(): the record is settled and must not change
-                yield chunk
-                continue
             try:
-                deliver = read_chunk(call, chunk)
+                # read on after close(): the record is settled and must not change, but a chunk
+                # tokenmetry asked for is still withheld
+                deliver = read_chunk(_scratch(call) if call.done else call, chunk)
             except Exception:
                 deliver = True
                 _reader_failed()
@@ -73,6 +72,14 @@ async def aobserve(inner: AsyncIterator[Any], call: Call, read_chunk: ChunkReade
         recorder.fail(call, error)
         raise
     recorder.finish(call)
+
+
+def _scratch(call: Call) -> Call:
+    """A throwaway copy of a settled call for the chunk reader to write into."""
+    scratch = copy.copy(call)
+    scratch.finish_reasons = []
+    scratch.text_parts = None
+    return scratch
 
 
 def _reader_failed() -> None:
