@@ -331,8 +331,8 @@ def test_to_dict_of_every_data_type(server: LocalAPIServer, records: list[CallRe
     assert isinstance(model, ModelStats)
     assert model.to_dict() == {
         "tokens_per_minute": model.tokens_per_minute, "work_rate_tpm": model.work_rate_tpm,
-        "throttle_wait_s": 0.0, "throttle_events": 0, "retries": 0, "requests": 1, "errors": 0,
-        "usage": truth.usage.to_dict(), "rate_limit_remaining": {}}
+        "throttle_wait_s": 0.0, "retry_wait_s": 0.0, "throttle_events": 0, "retries": 0, "requests": 1,
+        "errors": 0, "usage": truth.usage.to_dict(), "rate_limit_remaining": {}}
     exported = snapshot.to_dict()
     assert exported["by_model"] == {f"openai/{truth.response_model}": model.to_dict()}
     assert exported["by_provider"] == {"openai": snapshot.by_provider["openai"].to_dict()}

@@ -55,7 +55,7 @@ class Call:
         "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens", "tool_tokens", "usage_source",
         "finish_reasons", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s", "retry_events",
         "error_type", "cost", "span", "request_body", "text_parts", "withhold_usage_chunk", "done",
-        "reservation", "rate_limits", "attributes", "output_pending", "_record",
+        "reservation", "rate_limits", "attributes", "output_pending", "error_id", "_record",
     )
 
     def __init__(self, provider: str, operation: str, request_model: str | None, stream: bool,
@@ -103,6 +103,7 @@ class Call:
         self.attributes: dict[str, Any] | None = None
         # the output count so far is a placeholder until the stream's final usage (Anthropic)
         self.output_pending = False
+        self.error_id: int | None = None
         self._record: CallRecord | None = None
 
     def set_usage(self, input_tokens: int, output_tokens: int, cache_read: int | None = None,
@@ -240,7 +241,7 @@ class Recorder:
             self.telemetry.retry_event(call, call.retry_events[-1])
 
     def note_loop_retry(self, *, attempt: int, status: int | None, retry_after_s: float | None,
-                        slept_s: float, cause: str) -> None:
+                        slept_s: float, cause: str, error_id: int | None = None) -> None:
         """A backoff sleep of a tenacity loop (see :mod:`tokenmetry.retries`).
 
         Inside an SDK call it is that call's retry; around whole SDK calls it belongs to the logical
@@ -252,6 +253,8 @@ class Recorder:
                             slept_s=slept_s, cause=cause)
             return
         failed = last_failed_call.get()
+        if failed is not None and error_id is not None and failed.error_id != error_id:
+            failed = None  # the loop retried something else than the last failed SDK call
         provider = failed.provider if failed is not None else "unknown"
         model = None if failed is None else (failed.response_model or failed.request_model)
         current_session()._add_retry(slept_s, cause)
@@ -273,6 +276,7 @@ class Recorder:
             return
         if call.error_type is None:
             call.error_type = type(error).__qualname__
+        call.error_id = id(error)  # an id, not the exception: history must not keep tracebacks alive
         last_failed_call.set(call)
         self.finish(call)
 

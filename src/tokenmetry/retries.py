@@ -119,7 +119,7 @@ def _note_pending(retry_state: Any) -> None:
     outcome = retry_state.outcome
     error = outcome.exception() if outcome is not None and outcome.failed else None
     status, retry_after = error_facts(error)
-    retry_state._tokenmetry_pending = (_perf(), status, retry_after)
+    retry_state._tokenmetry_pending = (_perf(), status, retry_after, None if error is None else id(error))
 
 
 def _settle_pending(retry_state: Any) -> None:
@@ -127,11 +127,12 @@ def _settle_pending(retry_state: Any) -> None:
     if pending is None:
         return
     retry_state._tokenmetry_pending = None
-    started, status, retry_after = pending
+    started, status, retry_after, error_id = pending
     from .call import recorder
 
-    recorder.note_loop_retry(attempt=retry_state.attempt_number, status=status, retry_after_s=retry_after,
-                             slept_s=_perf() - started, cause=retry_cause(status))
+    # numbered like the SDKs' own retries: 1 is the first retry (tenacity's attempt 2)
+    recorder.note_loop_retry(attempt=retry_state.attempt_number - 1, status=status, retry_after_s=retry_after,
+                             slept_s=_perf() - started, cause=retry_cause(status), error_id=error_id)
 
 
 def retry_hooks(*, before: Callable[[Any], Any] | None = None,

@@ -204,12 +204,14 @@ class ModelStats:
     errors: int
     usage: Usage
     rate_limit_remaining: dict[str, Any] = field(default_factory=dict)
+    retry_wait_s: float = 0.0  # waits after 408/409/5xx/overload; throttle_wait_s is 429 only
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tokens_per_minute": self.tokens_per_minute,
             "work_rate_tpm": self.work_rate_tpm,
             "throttle_wait_s": self.throttle_wait_s,
+            "retry_wait_s": self.retry_wait_s,
             "throttle_events": self.throttle_events,
             "retries": self.retries,
             "requests": self.requests,

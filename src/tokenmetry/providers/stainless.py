@@ -173,6 +173,7 @@ class StainlessAdapter:
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as error:
+            self._read_error_headers(call, error)
             recorder.fail(call, error)
             raise
         finally:
@@ -199,6 +200,7 @@ class StainlessAdapter:
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as error:
+            self._read_error_headers(call, error)
             recorder.fail(call, error)
             raise
         finally:
@@ -373,6 +375,16 @@ class StainlessAdapter:
         finally:
             _sleep_noted.reset(token)
             _note_sleep(call, retry, _perf() - started)
+
+    def _read_error_headers(self, call: Call, error: BaseException) -> None:
+        """The rate-limit headers of the response a call finally failed with (a 429's "remaining: 0")."""
+        response = getattr(error, "response", None)
+        headers = getattr(response, "headers", None)
+        if headers is not None:
+            try:
+                self.read_headers(call, headers)
+            except Exception:
+                _failed("headers")
 
     def _retry_facts(self, call: Call, kwargs: Mapping[str, Any]) -> tuple[int, int | None, float | None] | None:
         """(retry number, status, seconds asked) of the retry about to sleep; reads the failed
