@@ -21,6 +21,7 @@ from typing import Any
 
 from ..call import Call, current_call, logger, recorder, warn_once
 from ..errors import BudgetExceeded
+from ..patching import bind
 from ..retries import retry_after_seconds, retry_cause
 from ..streams import ChunkReader, aobserve, observe
 from .base import Endpoint, Patch, Target
@@ -114,7 +115,7 @@ class StainlessAdapter:
         for patch in self.patches():
             # a patch on a module (not a client class) is process-wide: instrument() applies it
             if isinstance(patch.owner, type) and isinstance(client, patch.owner):
-                _bind(client, patch.name, patch.wrapper)
+                bind(client, patch.name, patch.wrapper)
         adapter = self
 
         def copy_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -124,7 +125,7 @@ class StainlessAdapter:
 
         for name in ("copy", "with_options"):
             if hasattr(client, name):
-                _bind(client, name, copy_wrapper)
+                bind(client, name, copy_wrapper)
 
     def owns(self, client: Any) -> bool:
         return self.sdk is not None and isinstance(client, (self._base.SyncAPIClient, self._base.AsyncAPIClient))
@@ -415,21 +416,6 @@ class StainlessAdapter:
                 except Exception:
                     _failed("headers")
         return wrapped(*args, **kwargs)
-
-
-def _bind(client: Any, name: str, wrapper: Any) -> None:
-    """Shadow ``client.name`` with ``wrapper`` on this instance only."""
-    original = getattr(client, name)
-    if inspect.iscoroutinefunction(original):
-        async def patched_async(*args: Any, **kwargs: Any) -> Any:
-            return await wrapper(original, client, args, kwargs)
-
-        client.__dict__[name] = patched_async
-    else:
-        def patched(*args: Any, **kwargs: Any) -> Any:
-            return wrapper(original, client, args, kwargs)
-
-        client.__dict__[name] = patched
 
 
 def _note_sleep(call: Call, retry: tuple[int, int | None, float | None] | None, slept: float) -> None:
