@@ -27,13 +27,13 @@ import tokenmetry
 from tokenmetry.counting import estimate_tokens
 from tokenmetry.testing import LocalAPIServer, Reply, SSEEvent
 from tokenmetry.usage import Usage
+from realdata import REAL_RESPONSES
 
 MODEL = "claude-sonnet-4-6"
 PROMPT = "Tell me three short facts about river otters please"
 MESSAGES = [{"role": "user", "content": PROMPT}]
 ARGS: dict[str, Any] = {"model": MODEL, "max_tokens": 200, "messages": MESSAGES}
-REAL = Path(os.environ.get("TOKENMETRY_REAL_RESPONSES", Path(__file__).resolve().parents[2] / "shared" /
-                           "real-responses"))
+REAL = REAL_RESPONSES
 TOKENMETRY_SCOPE = "tokenmetry"
 SDK_SCOPE = "com.anthropic.sdk.python"
 

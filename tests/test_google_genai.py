@@ -18,10 +18,11 @@ from tokenmetry.counting import estimate_tokens
 from tokenmetry.providers import google_genai
 from tokenmetry.testing import LocalAPIServer, Reply
 from tokenmetry.usage import Usage
+from realdata import REAL_RESPONSES
 
 MODEL = "gemini-2.5-flash"
 PROMPT = "Tell me three facts about the moon please"
-REAL = Path("/work/shared/real-responses")
+REAL = REAL_RESPONSES
 # the SDK's own retries made deterministic: waits 0.05 s then 0.1 s, no jitter
 RETRIES = types.HttpRetryOptions(attempts=3, initial_delay=0.05, max_delay=0.1, exp_base=2, jitter=0.0)
 RICH_USAGE = {"cachedContentTokenCount": 4, "toolUsePromptTokenCount": 7, "thoughtsTokenCount": 11}

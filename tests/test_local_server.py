@@ -22,8 +22,9 @@ from google.genai import types as genai_types
 from pydantic import BaseModel
 
 from tokenmetry.testing import PROMPT_OVERHEAD, LocalAPIServer, Reply, SSEEvent, word_count
+from realdata import REAL_RESPONSES
 
-REAL_RESPONSES = Path(__file__).resolve().parents[2] / "shared" / "real-responses"
+
 CLAUDE = "claude-sonnet-4-6"  # a model id the anthropic SDK does not flag as deprecated
 USER = [{"role": "user", "content": "Tell me about the local test server please"}]
 USER_WORDS = word_count(USER[0]["content"])  # 8

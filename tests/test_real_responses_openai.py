@@ -20,8 +20,9 @@ import tokenmetry
 from tokenmetry.counting import estimate_tokens, preload
 from tokenmetry.testing import LocalAPIServer, Reply
 from tokenmetry.usage import CallRecord, Usage
+from realdata import REAL_RESPONSES
 
-ROOT = Path("/work/shared/real-responses")
+ROOT = REAL_RESPONSES
 INDEX = [entry for entry in json.loads((ROOT / "INDEX.json").read_text()) if entry["vendor"] == "openai"]
 USER_TEXT = "Tell me something short."
 MESSAGES = [{"role": "user", "content": USER_TEXT}]
