@@ -297,7 +297,8 @@ class Recorder:
 
                 top_up_output(call)
             if call.input_tokens or call.output_tokens:
-                call.cost = self._cost(call)
+                price = self._price
+                call.cost = price(call) if price is not None else self._cost(call)
             budget = call.session.budget
             if budget is not None:
                 budget.settle(call)

@@ -67,30 +67,6 @@ class _Tally:
         self.tool: int | None = None
         self.window = RateWindow(window_s)
 
-    def add(self, call: Call, now: float) -> None:
-        self.requests += 1
-        if call.error_type is not None:
-            self.errors += 1
-        self.retries += call.retries
-        self.throttle_events += call.throttle_events
-        self.throttle_wait_s += call.throttle_wait_s
-        self.retry_wait_s += call.retry_wait_s
-        tokens = call.input_tokens + call.output_tokens
-        if tokens:  # work rate is throughput while producing tokens: token counting calls are not work
-            self.busy_s += call.duration_s
-        self.input += call.input_tokens
-        self.output += call.output_tokens
-        if call.cache_read_tokens is not None:
-            self.cache_read = (self.cache_read or 0) + call.cache_read_tokens
-        if call.cache_write_tokens is not None:
-            self.cache_write = (self.cache_write or 0) + call.cache_write_tokens
-        if call.reasoning_tokens is not None:
-            self.reasoning = (self.reasoning or 0) + call.reasoning_tokens
-        if call.tool_tokens is not None:
-            self.tool = (self.tool or 0) + call.tool_tokens
-        if tokens:
-            self.window.add(tokens, now)
-
     def work_rate_tpm(self) -> float:
         return 60.0 * (self.input + self.output) / self.busy_s if self.busy_s > 0 else 0.0
 
@@ -108,6 +84,7 @@ class _Tally:
             errors=self.errors,
             usage=self.usage(),
             rate_limit_remaining=dict(rate_limits or {}),
+            retry_wait_s=self.retry_wait_s,
         )
 
 
@@ -128,19 +105,60 @@ class ProcessStats:
         self._rate_limits: dict[str, dict[str, Any]] = {}
 
     def add(self, call: Call) -> None:
+        """Add a finished call to the process, its provider and its (provider, model) tallies."""
         now = time.time()
+        name = call.provider
         model = call.response_model or call.request_model
+        # every call passes here: read the call once, then update the three tallies in one loop
+        failed = call.error_type is not None
+        retries = call.retries
+        throttle_events = call.throttle_events
+        throttle_wait_s = call.throttle_wait_s
+        retry_wait_s = call.retry_wait_s
+        input_tokens = call.input_tokens
+        output_tokens = call.output_tokens
+        tokens = input_tokens + output_tokens
+        duration_s = call.duration_s
+        cache_read = call.cache_read_tokens
+        cache_write = call.cache_write_tokens
+        reasoning = call.reasoning_tokens
+        tool = call.tool_tokens
+        second = int(now)  # the TPM bucket, the same in the three windows (they share window_s)
+        index = second % self._window_s
         with self._lock:
-            self._process.add(call, now)
-            provider = self._providers.get(call.provider)
+            provider = self._providers.get(name)
             if provider is None:
-                provider = self._providers[call.provider] = _Tally(self._window_s)
-            provider.add(call, now)
-            key = (call.provider, model)
+                provider = self._providers[name] = _Tally(self._window_s)
+            key = (name, model)
             per_model = self._models.get(key)
             if per_model is None:
                 per_model = self._models[key] = _Tally(self._window_s)
-            per_model.add(call, now)
+            for tally in (self._process, provider, per_model):
+                tally.requests += 1
+                if failed:
+                    tally.errors += 1
+                tally.retries += retries
+                tally.throttle_events += throttle_events
+                tally.throttle_wait_s += throttle_wait_s
+                tally.retry_wait_s += retry_wait_s
+                tally.input += input_tokens
+                tally.output += output_tokens
+                if cache_read is not None:
+                    tally.cache_read = (tally.cache_read or 0) + cache_read
+                if cache_write is not None:
+                    tally.cache_write = (tally.cache_write or 0) + cache_write
+                if reasoning is not None:
+                    tally.reasoning = (tally.reasoning or 0) + reasoning
+                if tool is not None:
+                    tally.tool = (tally.tool or 0) + tool
+                if tokens:  # work rate is throughput while producing tokens: token counting is not work
+                    tally.busy_s += duration_s
+                    window = tally.window  # RateWindow.add, inlined
+                    if window._seconds[index] != second:
+                        window._seconds[index] = second
+                        window._tokens[index] = tokens
+                    else:
+                        window._tokens[index] += tokens
 
     def add_retry(self, provider: str, model: str | None, slept_s: float, cause: str) -> None:
         """A wait of a retry loop around whole calls (no call of its own to carry it)."""
@@ -164,7 +182,7 @@ class ProcessStats:
 
     def note_rate_limits(self, provider: str, model: str | None, values: dict[str, Any]) -> None:
         """Keep the latest rate-limit figures a response's headers gave for ``provider/model``."""
-        key = model_key(provider, model)
+        key = f"{provider}/{model or 'unknown'}"  # model_key(), inlined: once per call
         with self._lock:
             current = self._rate_limits.get(key)
             if current is None:

@@ -29,14 +29,6 @@ DEFAULT_SESSION_ID = "default"
 _MAX_TRACKED_SESSIONS = 10_000
 
 
-def _plus(total: Decimal | None, part: Decimal | None) -> Decimal | None:
-    if total is None:
-        return part
-    if part is None:
-        return total
-    return total + part
-
-
 class _CostSum:
     """A running ``Cost`` total, added to in place: summing immutable ``Cost`` objects would build
     a new frozen dataclass on every call. ``value()`` gives exactly what ``Cost + Cost`` would."""
@@ -56,10 +48,19 @@ class _CostSum:
         if cost.currency != self.currency:  # what Cost.__add__ raises, checked before any change
             raise ValueError(f"cannot add costs in {self.currency} and {cost.currency}")
         self.amount += cost.amount
-        self.input = _plus(self.input, cost.input)
-        self.output = _plus(self.output, cost.output)
-        self.cache_read = _plus(self.cache_read, cost.cache_read)
-        self.cache_write = _plus(self.cache_write, cost.cache_write)
+        # None-aware sums, written out: this runs for every priced call
+        part = cost.input
+        if part is not None:
+            self.input = part if self.input is None else self.input + part
+        part = cost.output
+        if part is not None:
+            self.output = part if self.output is None else self.output + part
+        part = cost.cache_read
+        if part is not None:
+            self.cache_read = part if self.cache_read is None else self.cache_read + part
+        part = cost.cache_write
+        if part is not None:
+            self.cache_write = part if self.cache_write is None else self.cache_write + part
         if cost.source != self.source:
             self.source = "mixed"
 

@@ -1,7 +1,10 @@
 """The only module that talks to OpenTelemetry: spans, metric instruments, attribute names.
 
 Nothing is created until an OpenTelemetry SDK is configured (globally, or passed to
-``instrument(tracer_provider=..., meter_provider=...)``); until then every call costs one check.
+``instrument(tracer_provider=..., meter_provider=...)``); until then every call costs two cheap
+checks (one for spans, one for metrics). ``OTEL_PYTHON_TRACER_PROVIDER`` /
+``OTEL_PYTHON_METER_PROVIDER`` are looked up when :func:`tokenmetry.instrument` runs, not on every
+call (the API's own lookup raises and catches a ``KeyError`` each time, about a microsecond).
 Names follow the GenAI semantic conventions; what they do not cover lives under ``tokenmetry.``.
 """
 
@@ -9,11 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import _internal as _metrics_state
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -64,12 +69,65 @@ TM_TOKEN_KIND = "tokenmetry.token.kind"
 _MAX_ATTRIBUTE_SETS = 4096  # bound on cached metric attribute dicts (cardinality guard)
 
 
+_TRACER_PROVIDER_ENV = "OTEL_PYTHON_TRACER_PROVIDER"
+_METER_PROVIDER_ENV = "OTEL_PYTHON_METER_PROVIDER"
+_UNKNOWN = object()
+
+
 def _is_noop_tracer_provider(provider: Any) -> bool:
-    return isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    return provider is None or isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
 def _is_noop_meter_provider(provider: Any) -> bool:
-    return isinstance(provider, metrics.NoOpMeterProvider) or type(provider).__name__ == "_ProxyMeterProvider"
+    return provider is None or isinstance(provider, metrics.NoOpMeterProvider) or \
+        type(provider).__name__ == "_ProxyMeterProvider"
+
+
+def _global_tracer_provider(from_environment: bool) -> Any:
+    """The global tracer provider, or None while none is set.
+
+    Reads the API's module global (set by ``trace.set_tracer_provider``) instead of calling
+    ``trace.get_tracer_provider()``, whose environment lookup costs more than everything else
+    tokenmetry does when no SDK is configured; falls back to the API call when the provider is
+    named by ``OTEL_PYTHON_TRACER_PROVIDER`` or the global is not where this API version keeps it.
+    """
+    if not from_environment:
+        provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+        if provider is not _UNKNOWN:
+            return provider
+    return trace.get_tracer_provider()
+
+
+def _global_meter_provider(from_environment: bool) -> Any:
+    """The global meter provider, or None while none is set (see :func:`_global_tracer_provider`)."""
+    if not from_environment:
+        provider = getattr(_metrics_state, "_METER_PROVIDER", _UNKNOWN)
+        if provider is not _UNKNOWN:
+            return provider
+    return metrics.get_meter_provider()
+
+
+class _AttributeSets:
+    """The metric attribute dicts of one (provider, operation, models, server, error) combination,
+    built once: the OpenTelemetry SDK copies what it keeps, so one dict serves every call."""
+
+    __slots__ = ("input", "output", "duration", "_extended")
+
+    def __init__(self, base: dict[str, Any], error_type: str | None) -> None:
+        self.input = {**base, TOKEN_TYPE: "input"}
+        self.output = {**base, TOKEN_TYPE: "output"}
+        duration = dict(base)
+        if error_type is not None:
+            duration[ERROR_TYPE] = error_type
+        self.duration = duration
+        self._extended: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def extended(self, key: str, value: str) -> dict[str, Any]:
+        """The duration attributes plus ``key=value`` (token kind, currency): few values, cached."""
+        found = self._extended.get((key, value))
+        if found is None:
+            found = self._extended[(key, value)] = {**self.duration, key: value}
+        return found
 
 
 class _Instruments:
@@ -145,10 +203,12 @@ class Telemetry:
         self._lock = threading.Lock()
         self._tracer: trace.Tracer | None = None
         self._instruments: _Instruments | None = None
-        self._metric_attrs: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
+        self._metric_attrs: dict[tuple[Any, ...], _AttributeSets] = {}
         self._tracer_provider: Any = None
         self._meter_provider: Any = None
         self._capture = False
+        self._tracer_from_env = _TRACER_PROVIDER_ENV in os.environ
+        self._meter_from_env = _METER_PROVIDER_ENV in os.environ
 
     def configure(self, options: Options) -> None:
         with self._lock:
@@ -158,18 +218,40 @@ class Telemetry:
             self._tracer = None
             self._instruments = None
             self._metric_attrs = {}
+            self._tracer_from_env = _TRACER_PROVIDER_ENV in os.environ
+            self._meter_from_env = _METER_PROVIDER_ENV in os.environ
 
     # ----------------------------------------------------------------- is an SDK there?
     @property
     def tracing(self) -> bool:
-        return self._tracer is not None or self._find_tracer() is not None
+        return self.tracer() is not None
 
     @property
     def metering(self) -> bool:
-        return self._instruments is not None or self._find_instruments() is not None
+        return self.instruments() is not None
+
+    def tracer(self) -> trace.Tracer | None:
+        """The tracer of tokenmetry's spans, or None when no OpenTelemetry SDK is configured."""
+        tracer = self._tracer
+        if tracer is not None:
+            return tracer
+        if self._tracer_provider is None and not self._tracer_from_env and \
+                getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is None:
+            return None  # no SDK anywhere, the common case of a process without OpenTelemetry
+        return self._find_tracer()
+
+    def instruments(self) -> _Instruments | None:
+        """tokenmetry's metric instruments, or None when no OpenTelemetry SDK is configured."""
+        instruments = self._instruments
+        if instruments is not None:
+            return instruments
+        if self._meter_provider is None and not self._meter_from_env and \
+                getattr(_metrics_state, "_METER_PROVIDER", _UNKNOWN) is None:
+            return None
+        return self._find_instruments()
 
     def _find_tracer(self) -> trace.Tracer | None:
-        provider = self._tracer_provider or trace.get_tracer_provider()
+        provider = self._tracer_provider or _global_tracer_provider(self._tracer_from_env)
         if _is_noop_tracer_provider(provider):
             return None
         with self._lock:
@@ -180,7 +262,7 @@ class Telemetry:
             return self._tracer
 
     def _find_instruments(self) -> _Instruments | None:
-        provider = self._meter_provider or metrics.get_meter_provider()
+        provider = self._meter_provider or _global_meter_provider(self._meter_from_env)
         if _is_noop_meter_provider(provider):
             return None
         with self._lock:
@@ -192,10 +274,12 @@ class Telemetry:
             return self._instruments
 
     # ----------------------------------------------------------------- spans
-    def start_span(self, call: Call) -> None:
-        tracer = self._tracer or self._find_tracer()
+    def start_span(self, call: Call, tracer: trace.Tracer | None = None) -> None:
+        """Start the call's CLIENT span (``tracer``: what :meth:`tracer` returned, saves a lookup)."""
         if tracer is None:
-            return
+            tracer = self.tracer()
+            if tracer is None:
+                return
         attributes: dict[str, Any] = {
             OPERATION: call.operation,
             PROVIDER: call.provider,
@@ -265,12 +349,16 @@ class Telemetry:
 
     # ----------------------------------------------------------------- end of a call
     def end(self, call: Call) -> None:
+        """End the call's span (if it has one) and record its metric points (if an SDK meters)."""
         span = call.span
         if span is not None:
             self._end_span(call, span)
-        instruments = self._instruments or self._find_instruments()
-        if instruments is not None:
-            self._record_metrics(call, instruments)
+        instruments = self._instruments
+        if instruments is None:
+            instruments = self.instruments()
+            if instruments is None:
+                return
+        self._record_metrics(call, instruments)
 
     def _end_span(self, call: Call, span: Any) -> None:
         attributes: dict[str, Any] = {
@@ -327,7 +415,7 @@ class Telemetry:
             attributes[OUTPUT_MESSAGES] = json.dumps(
                 [{"role": "assistant", "parts": [{"type": "text", "content": "".join(call.text_parts)}]}])
 
-    def _attribute_sets(self, call: Call) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    def _attribute_sets(self, call: Call) -> _AttributeSets:
         key = (call.provider, call.operation, call.request_model, call.response_model,
                call.server_address, call.server_port, call.error_type)
         found = self._metric_attrs.get(key)
@@ -342,20 +430,19 @@ class Telemetry:
             base[SERVER_ADDRESS] = call.server_address
             if call.server_port:
                 base[SERVER_PORT] = call.server_port
-        duration = dict(base)
-        if call.error_type is not None:
-            duration[ERROR_TYPE] = call.error_type
-        found = ({**base, TOKEN_TYPE: "input"}, {**base, TOKEN_TYPE: "output"}, duration)
+        found = _AttributeSets(base, call.error_type)
         if len(self._metric_attrs) < _MAX_ATTRIBUTE_SETS:
             self._metric_attrs[key] = found
         return found
 
     def _record_metrics(self, call: Call, instruments: _Instruments) -> None:
-        input_attrs, output_attrs, duration_attrs = self._attribute_sets(call)
+        sets = self._attribute_sets(call)
+        duration_attrs = sets.duration
         instruments.duration.record(call.duration_s, duration_attrs)
         if call.usage_source != "missing":
-            instruments.token_usage.record(call.input_tokens, input_attrs)
-            instruments.token_usage.record(call.output_tokens, output_attrs)
+            token_usage = instruments.token_usage
+            token_usage.record(call.input_tokens, sets.input)
+            token_usage.record(call.output_tokens, sets.output)
         if call.stream and call.time_to_first_chunk_s is not None:
             instruments.time_to_first_chunk.record(call.time_to_first_chunk_s, duration_attrs)
             if call.chunks > 1:
@@ -363,16 +450,16 @@ class Telemetry:
                     (call.duration_s - call.time_to_first_chunk_s) / (call.chunks - 1), duration_attrs)
         # the detail kinds are rarer: only non-zero values cost a point
         if call.cache_read_tokens:
-            instruments.tokens.add(call.cache_read_tokens, {**duration_attrs, TM_TOKEN_KIND: "cache_read"})
+            instruments.tokens.add(call.cache_read_tokens, sets.extended(TM_TOKEN_KIND, "cache_read"))
         if call.cache_write_tokens:
-            instruments.tokens.add(call.cache_write_tokens, {**duration_attrs, TM_TOKEN_KIND: "cache_write"})
+            instruments.tokens.add(call.cache_write_tokens, sets.extended(TM_TOKEN_KIND, "cache_write"))
         if call.reasoning_tokens:
-            instruments.tokens.add(call.reasoning_tokens, {**duration_attrs, TM_TOKEN_KIND: "reasoning"})
+            instruments.tokens.add(call.reasoning_tokens, sets.extended(TM_TOKEN_KIND, "reasoning"))
         if call.tool_tokens:
-            instruments.tokens.add(call.tool_tokens, {**duration_attrs, TM_TOKEN_KIND: "tool"})
+            instruments.tokens.add(call.tool_tokens, sets.extended(TM_TOKEN_KIND, "tool"))
         cost = call.cost
         if cost is not None:
-            instruments.cost.add(float(cost.amount), {**duration_attrs, TM_CURRENCY: cost.currency})
+            instruments.cost.add(float(cost.amount), sets.extended(TM_CURRENCY, cost.currency))
         elif call.input_tokens or call.output_tokens:
             instruments.unpriced.add(1, duration_attrs)
         events = call.retry_events
