@@ -88,14 +88,20 @@ def top_up_output(call: Call) -> None:
         call.usage_source = "estimated"
 
 
+_price_usage_of_call: Any = None
+
+
 def price_call(call: Call) -> Cost | None:
     """The cost of a call's usage, or None when its model has no known price."""
+    global _price_usage_of_call
+    if _price_usage_of_call is None:  # bound once: an import statement per call costs microseconds
+        try:
+            from .pricing import price_usage_of_call
+        except ImportError:
+            return None
+        _price_usage_of_call = price_usage_of_call
     try:
-        from .pricing import price_usage_of_call
-    except ImportError:
-        return None
-    try:
-        return price_usage_of_call(call)
+        return _price_usage_of_call(call)
     except Exception:
         logger.debug("tokenmetry: pricing failed", exc_info=True)
         warn_once("pricing", "tokenmetry: pricing a call failed (further failures logged at DEBUG)")

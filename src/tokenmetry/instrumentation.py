@@ -96,6 +96,28 @@ def _patch_provider(name: str) -> None:
     for patch in adapter.patches():
         _apply(patch)
     _active.add(name)
+    for module_name, patches_of in getattr(adapter, "deferred_patches", lambda: [])():
+        _hook_module(name, module_name, patches_of)
+
+
+def _hook_module(name: str, module_name: str, patches_of: Any) -> None:
+    """Patch a module of an instrumented SDK when the application imports it (helper classes)."""
+    import wrapt
+
+    if module_name in _hooked:
+        return
+    _hooked.add(module_name)
+
+    def on_import(module: Any) -> None:
+        with _lock:
+            if name in _active:  # uninstrument() may have come first
+                try:
+                    for patch in patches_of(module):
+                        _apply(patch)
+                except Exception:
+                    logger.warning("tokenmetry: could not instrument %s on import", module_name, exc_info=True)
+
+    wrapt.register_post_import_hook(on_import, module_name)
 
 
 def _hook_import(name: str, package: str) -> None:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import _internal as _metrics_state
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import _internal as _metrics_state  # where the API keeps the global provider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 if TYPE_CHECKING:

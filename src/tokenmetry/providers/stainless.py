@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import importlib
 import inspect
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -100,15 +101,17 @@ class StainlessAdapter:
             Patch(async_client, "_process_response", self._process_response),
         ]
         for name in self.helper_streams:
-            module_name, _, class_name = name.partition(":")
-            try:
-                helper = getattr(importlib.import_module(module_name), class_name)
-            except (ImportError, AttributeError):
-                continue  # another SDK version: nothing to hook
-            if "close" in helper.__dict__:
-                is_async = inspect.iscoroutinefunction(helper.__dict__["close"])
-                patches.append(Patch(helper, "close", _helper_aclose if is_async else _helper_close))
+            module = sys.modules.get(name.partition(":")[0])
+            if module is not None:  # not imported yet: deferred_patches() hooks its import instead
+                patches.extend(_helper_patches(module, name.partition(":")[2]))
         return patches
+
+    def deferred_patches(self) -> list[tuple[str, Any]]:
+        """(module, patches-of-the-module function) for helper modules the application has not
+        imported yet: importing them here would cost instrument() ~0.15 s for openai's helpers."""
+        return [(module_name, lambda module, class_name=class_name: _helper_patches(module, class_name))
+                for module_name, _, class_name in (n.partition(":") for n in self.helper_streams)
+                if module_name not in sys.modules]
 
     def wrap_client(self, client: Any) -> None:
         """Instrument one client instance (and the copies ``with_options``/``copy`` make of it)."""
@@ -148,7 +151,8 @@ class StainlessAdapter:
 
     def _cached_target(self, client: Any) -> Target:
         # the target depends on base_url only; recompute when the client's base_url object changes
-        base_url = client.base_url
+        # the stored URL object: openai's ``base_url`` property runs an import statement per access
+        base_url = client.__dict__.get("_base_url") or client.base_url
         cached = client.__dict__.get("_tokenmetry_target")
         if cached is not None and cached[0] is base_url:
             return cached[1]  # type: ignore[no-any-return]
@@ -427,6 +431,14 @@ def _note_sleep(call: Call, retry: tuple[int, int | None, float | None] | None, 
                             cause=retry_cause(status))
     except Exception:
         _failed("retry")
+
+
+def _helper_patches(module: Any, class_name: str) -> list[Patch]:
+    helper = getattr(module, class_name, None)
+    if helper is None or "close" not in helper.__dict__:
+        return []  # another SDK version: nothing to hook
+    is_async = inspect.iscoroutinefunction(helper.__dict__["close"])
+    return [Patch(helper, "close", _helper_aclose if is_async else _helper_close)]
 
 
 def _reads_raw_bytes(options: Any) -> bool:
