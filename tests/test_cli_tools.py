@@ -18,7 +18,7 @@ from tokenmetry.cli import cli
 from tokenmetry.config import resolve
 from tokenmetry.ledger import Ledger
 from tokenmetry.pricing import price_info, pricing_data_version
-from tokenmetry.providers import load_adapter
+from tokenmetry.providers import all_patches, load_adapter
 from tokenmetry.usage import CallRecord, Usage
 
 MESSAGES = [{"role": "system", "content": "You count."}, {"role": "user", "content": "How many tokens is this?"}]
@@ -137,7 +137,7 @@ def test_diagnostics_of_a_healthy_environment(tmp_path: Path) -> None:
             assert entry["status"].endswith("no adapter for it: not instrumented")
             continue
         assert adapter.available()
-        patches = adapter.patches()
+        patches = all_patches(adapter)
         assert entry["status"] == f"instrumentable ({len(patches)} patch points)"
         assert [p.rsplit(".", 1)[1] for p in entry["patch_points"]] == [p.name for p in patches]
     assert found["opentelemetry"]["packages"]["opentelemetry-sdk"] == version("opentelemetry-sdk")

@@ -89,7 +89,7 @@ def _configuration(found: Findings) -> Any:
 
 
 def _sdks(found: Findings) -> None:
-    from ..providers import load_adapter
+    from ..providers import all_patches, load_adapter
 
     section: dict[str, Any] = {}
     found.sections["sdks"] = section
@@ -114,7 +114,7 @@ def _sdks(found: Findings) -> None:
                 entry["status"] = f"installed, but {module} cannot be imported"
                 found.problems.append(f"{package} is installed but {module} cannot be imported")
                 continue
-            patches = adapter.patches()
+            patches = all_patches(adapter)
         except Exception as error:  # noqa: BLE001 - reported as a finding
             entry["status"] = f"cannot be instrumented: {type(error).__name__}: {error}"
             found.problems.append(f"{package} {entry['version']} cannot be instrumented ({error})")

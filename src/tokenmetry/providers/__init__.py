@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["ADAPTERS", "ALIASES", "PACKAGES", "load_adapter"]
+__all__ = ["ADAPTERS", "ALIASES", "PACKAGES", "all_patches", "load_adapter"]
 
 # provider name -> module holding ``adapter``
 ADAPTERS: dict[str, str] = {
@@ -29,3 +29,12 @@ def load_adapter(name: str) -> Any | None:
             return None
         raise
     return module.adapter
+
+
+def all_patches(adapter: Any) -> list[Any]:
+    """Every patch point of an adapter, including those deferred until their module is imported
+    (this imports those modules: for diagnostics, not for instrument())."""
+    patches = list(adapter.patches())
+    for module_name, patches_of in getattr(adapter, "deferred_patches", lambda: [])():
+        patches.extend(patches_of(importlib.import_module(module_name)))
+    return patches
