@@ -13,6 +13,13 @@ shared machine hits every variant alike):
   from ``getrusage(RUSAGE_CHILDREN)``), and the median of their paired differences. It includes
   interpreter exit, and on this machine it is several times noisier than the figure it estimates.
 
+Bytecode: an installed package has its ``.pyc`` files (pip compiles them at install), but a source
+checkout run with ``PYTHONDONTWRITEBYTECODE=1`` (as in some sandboxes) recompiles tokenmetry's
+modules at every start. The subprocesses therefore get ``PYTHONDONTWRITEBYTECODE`` unset and a
+private ``PYTHONPYCACHEPREFIX`` (a temporary directory, removed at the end; the warm-up runs fill
+it), so what is measured is an installed package's start-up; ``--no-bytecode`` measures the
+recompiling case instead.
+
 The network check runs ``instrument()`` (and one instrumented call set-up) in a subprocess where
 every socket entry point is replaced by a function that raises, and an audit hook
 (``sys.addaudithook``) records any ``socket.*`` event a C extension might raise; it must print
@@ -32,11 +39,16 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
+
+# the environment of every measured subprocess (see "Bytecode" above); set up in main()
+CHILD_ENV: dict[str, str] = dict(os.environ)
 
 # (name, SDK import statement) — the SDK alone, then the SDK with tokenmetry imported and instrumented
 SDKS = {
@@ -89,7 +101,7 @@ def _run(code: str) -> tuple[float, float]:
     """(wall seconds, child CPU seconds) of ``python -c code``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=CHILD_ENV)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -99,14 +111,14 @@ def _run(code: str) -> tuple[float, float]:
 
 
 def _in_process(sdk: str) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", IN_PROCESS.format(sdk=sdk)], capture_output=True, text=True, check=False)
+    done = subprocess.run([sys.executable, "-c", IN_PROCESS.format(sdk=sdk)], capture_output=True, text=True, check=False, env=CHILD_ENV)
     if done.returncode != 0:
         raise SystemExit(f"in-process timing after {sdk!r} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def _installed(statement: str) -> bool:
-    return subprocess.run([sys.executable, "-c", statement], capture_output=True, check=False).returncode == 0
+    return subprocess.run([sys.executable, "-c", statement], capture_output=True, check=False, env=CHILD_ENV).returncode == 0
 
 
 def measure(runs: int, sdks: list[str]) -> dict[str, Any]:
@@ -161,7 +173,7 @@ def _q(values: list[float], q: float) -> float:
 
 
 def network_check() -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-c", "import json\n" + NETWORK_GUARD], capture_output=True, text=True, check=False)
+    done = subprocess.run([sys.executable, "-c", "import json\n" + NETWORK_GUARD], capture_output=True, text=True, check=False, env=CHILD_ENV)
     if done.returncode != 0:
         return {"ok": False, "error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
     found = json.loads(done.stdout.strip().splitlines()[-1])
@@ -173,7 +185,7 @@ def importtime(top: int) -> list[tuple[str, float, float]]:
     """Modules that ``import openai, tokenmetry; tokenmetry.instrument()`` imports beyond
     ``import openai``, by self time (``python -X importtime``; its own overhead inflates the figures)."""
     def load(code: str) -> dict[str, tuple[float, float]]:
-        done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=False)
+        done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=False, env=CHILD_ENV)
         modules = {}
         for line in done.stderr.splitlines():
             if not line.startswith("import time:") or "self [us]" in line:
@@ -182,6 +194,7 @@ def importtime(top: int) -> list[tuple[str, float, float]]:
             modules[name.strip()] = (int(own) / 1000, int(cumulative) / 1000)
         return modules
 
+    load("import openai" + WITH_TOKENMETRY)  # fills the bytecode cache first
     base = load("import openai")
     extra = load("import openai" + WITH_TOKENMETRY)
     rows = [(name, own, cumulative) for name, (own, cumulative) in extra.items() if name not in base]
@@ -195,7 +208,22 @@ def main() -> None:
     parser.add_argument("--sdks", default="openai,anthropic,google-genai")
     parser.add_argument("--importtime", action="store_true", help="list the modules tokenmetry's start-up imports")
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--no-bytecode", action="store_true",
+                        help="keep PYTHONDONTWRITEBYTECODE as it is (tokenmetry recompiled at every start if set)")
     args = parser.parse_args()
+    cache_dir = None
+    if not args.no_bytecode:
+        cache_dir = tempfile.mkdtemp(prefix="tokenmetry-bench-pycache-")
+        CHILD_ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+        CHILD_ENV["PYTHONPYCACHEPREFIX"] = cache_dir
+    try:
+        run(args)
+    finally:
+        if cache_dir is not None:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> None:
     if args.importtime:
         rows = importtime(30)
         print(f"{'self ms':>8} {'cum ms':>8}  module (imported beyond `import openai`; -X importtime figures)")
@@ -208,8 +236,9 @@ def main() -> None:
     report["network_check"] = network_check()
     report["machine"] = {"python": platform.python_version(), "platform": platform.platform(),
                          "cores": os.cpu_count()}
+    report["bytecode"] = "recompiled at every start" if args.no_bytecode else "cached (as installed)"
     print(f"\nWhat `import tokenmetry; tokenmetry.instrument()` adds after the SDK's import, timed inside "
-          f"the process (median of {args.runs} fresh processes; target < 100 ms):")
+          f"the process (median of {args.runs} fresh processes; bytecode {report['bytecode']}; target < 100 ms):")
     for name, values in report["in_process"].items():
         low, high = values["total_ms_p25_p75"]
         verdict = "ok" if values["total_ms"] < 100 else "MISSED"
