@@ -983,27 +983,34 @@ def run_child_paired(args: argparse.Namespace) -> dict[str, Any]:
     instrumented: list[float] = []
     checked = 0
     expected = scenario.expected_chunks
-    for pair in range(args.pairs):
+    group = args.group
+    groups = max(args.pairs // group, 1)
+    check_every = max(200 // group, 1)
+    for pair in range(groups):
         instrumented_first = pair % 2 == 1
         first, second = (instrumented_client, bare_client) if instrumented_first else (bare_client, instrumented_client)
+        seen: list[int] = []
         started = process_time()
-        seen_first = call(first)
+        for _ in range(group):
+            seen.append(call(first))
         middle = process_time()
-        seen_second = call(second)
+        for _ in range(group):
+            seen.append(call(second))
         ended = process_time()
-        if seen_first != expected or seen_second != expected:
-            raise SystemExit(f"{args.mode}: the user saw {seen_first}/{seen_second} chunks, expected {expected}")
+        if any(count != expected for count in seen):
+            raise SystemExit(f"{args.mode}: the user saw {seen} chunks, expected {expected} each time")
+        first_us, second_us = (middle - started) * 1e6 / group, (ended - middle) * 1e6 / group
         if instrumented_first:
-            instrumented.append((middle - started) * 1e6)
-            bare.append((ended - middle) * 1e6)
+            instrumented.append(first_us)
+            bare.append(second_us)
         else:
-            bare.append((middle - started) * 1e6)
-            instrumented.append((ended - middle) * 1e6)
-        if pair % 200 == 199:  # between pairs: keep the in-memory exporter small
-            mode.check(pair + 1 - checked)
+            bare.append(first_us)
+            instrumented.append(second_us)
+        if pair % check_every == check_every - 1:  # between groups: keep the in-memory exporter small
+            mode.check((pair + 1 - checked) * group)
             checked = pair + 1
-    mode.check(args.pairs - checked)
-    mode.final_check(args.warmup + args.pairs)
+    mode.check((groups - checked) * group)
+    mode.final_check(args.warmup + groups * group)
     return {"provider": args.provider, "kind": args.kind, "mode": args.mode, "method": "paired",
             "bare_us": bare, "mode_us": instrumented, "diff_us": [m - b for m, b in zip(instrumented, bare)],
             "chunks": scenario.expected_chunks}
@@ -1126,7 +1133,7 @@ def run_parent(args: argparse.Namespace) -> dict[str, Any]:
     for scenario in scenarios:
         streamed = scenario[1] != "chat"
         if args.method == "paired":
-            sizes = ["--pairs", str(args.stream_pairs if streamed else args.pairs)]
+            sizes = ["--pairs", str(args.stream_pairs if streamed else args.pairs), "--group", str(args.group)]
         else:
             sizes = ["--pairs", str(args.blocks), "--calls", str(args.stream_calls if streamed else args.calls)]
         mine = modes_of[scenario]
@@ -1280,7 +1287,10 @@ def main() -> None:
                         "instrumentation, tokenmetry.wrap); blocks: instrument()/uninstrument() between blocks")
     parser.add_argument("--processes", type=int, default=3, help="fresh processes per mode and scenario")
     parser.add_argument("--pairs", type=int, default=1500, help="paired: call pairs per process (non-streamed)")
-    parser.add_argument("--stream-pairs", type=int, default=250, help="paired: call pairs per process (streams)")
+    parser.add_argument("--stream-pairs", type=int, default=400, help="paired: call pairs per process (streams)")
+    parser.add_argument("--group", type=int, default=16,
+                        help="paired: calls timed together as one unit of a pair (tokenmetry applies finished "
+                             "calls to sessions and statistics every 16 calls: a group of 16 holds that work once)")
     parser.add_argument("--blocks", type=int, default=10, help="blocks: bare/instrumented block pairs per process")
     parser.add_argument("--calls", type=int, default=150, help="blocks: calls per block (non-streamed)")
     parser.add_argument("--stream-calls", type=int, default=40, help="blocks: calls per block (streamed)")

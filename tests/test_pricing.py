@@ -306,18 +306,23 @@ def test_inconsistent_counts_never_bill_negative_input() -> None:
     assert parts(cost) == (D("0.0005"), D("0"), D("0"), D("0.0005"), D("0"))  # 400 x 1.25/M
 
 
+def call_like(usage: Usage, **facts: Any) -> SimpleNamespace:
+    """What price_usage_of_call reads of the lifecycle's Call: its facts and token fields."""
+    return SimpleNamespace(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                           cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
+                           reasoning_tokens=usage.reasoning_tokens, **facts)
+
+
 def test_price_usage_of_call_prefers_the_response_model() -> None:
-    call = SimpleNamespace(provider="azure.ai.openai", request_model="my-deployment",
-                           response_model="gpt-4o-2024-11-20", usage=Usage(10_000, 2_000, 4_000),
-                           cache_write_1h_tokens=None)
+    call = call_like(Usage(10_000, 2_000, 4_000), provider="azure.ai.openai", request_model="my-deployment",
+                     response_model="gpt-4o-2024-11-20", cache_write_1h_tokens=None)
     assert parts(pricing.price_usage_of_call(call, resolve({})))[0] == D("0.04")
-    anthropic_call = SimpleNamespace(provider="anthropic", request_model="claude-sonnet-4-5",
-                                     response_model=None, usage=Usage(50_000, 1_000, 20_000, 10_000),
-                                     cache_write_1h_tokens=4_000)
+    anthropic_call = call_like(Usage(50_000, 1_000, 20_000, 10_000), provider="anthropic",
+                               request_model="claude-sonnet-4-5", response_model=None, cache_write_1h_tokens=4_000)
     assert parts(pricing.price_usage_of_call(anthropic_call, resolve({})))[0] == D("0.1275")
     before = unpriced_count()
-    unknown = SimpleNamespace(provider="openai", request_model="mystery", response_model="mystery-0001",
-                              usage=Usage(1, 1), cache_write_1h_tokens=None)
+    unknown = call_like(Usage(1, 1), provider="openai", request_model="mystery", response_model="mystery-0001",
+                        cache_write_1h_tokens=None)
     assert pricing.price_usage_of_call(unknown, resolve({})) is None
     assert unpriced_count() == before + 1  # one call, one count
 

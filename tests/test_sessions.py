@@ -341,3 +341,71 @@ def test_work_rate_counts_only_time_spent_producing_tokens(server: LocalAPIServe
     # the average duration still covers every call
     assert session.summary()["averages_per_call"]["duration_s"] == pytest.approx(
         (failed.duration_s + done.duration_s) / 2, rel=1e-9)
+
+
+# ================================================================================ pending calls
+RATE_LIMIT_HEADERS = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "499",
+                      "x-ratelimit-limit-tokens": "200000", "x-ratelimit-remaining-tokens": "199950"}
+
+
+def test_finished_calls_are_applied_in_batches_and_every_reader_sees_them(server: LocalAPIServer,
+                                                                          client: Any) -> None:
+    """With nothing needing a call at once (no OpenTelemetry SDK, no on_record, no budget), finished
+    calls are held and added to sessions and statistics in batches; any reader applies them first."""
+    from tokenmetry.call import recorder
+    from tokenmetry.pending import FOLD_BATCH
+
+    tokenmetry.instrument()
+    server.default_headers.update(RATE_LIMIT_HEADERS)
+    with tokenmetry.session("batched") as session:
+        for words in range(1, FOLD_BATCH):
+            ask(client, words)
+        assert len(recorder._pending) == FOLD_BATCH - 1  # held: nothing asked for them yet
+        assert session.usage == sent_usage(server)  # the reader applied them
+        assert not recorder._pending
+        for words in range(1, FOLD_BATCH + 4):
+            ask(client, words)
+        assert len(recorder._pending) == 3  # the 16th finished call applied its batch
+    expected = sent_usage(server)
+    calls = 2 * FOLD_BATCH + 2
+    assert session.call_count == calls and session.usage == expected
+    costs = [expected_cost("openai", usage_of(r.usage, "chat"), r.model, CHAT_MODEL)  # type: ignore[union-attr]
+             for r in server.responses]
+    assert all(cost is not None for cost in costs)
+    assert session.cost == sum(costs)  # type: ignore[arg-type]
+    assert [record.cost for record in session.calls] == costs
+    snapshot = tokenmetry.stats()
+    assert snapshot.requests == calls and snapshot.usage == expected
+    assert snapshot.rate_limit_remaining == {f"openai/{CHAT_MODEL}": {
+        "remaining_requests": 499, "remaining_tokens": 199950, "limit_requests": 500, "limit_tokens": 200000}}
+    assert not recorder._pending
+
+
+def test_a_reader_inside_an_unpriced_hook_sees_the_calls_applied_so_far(server: LocalAPIServer,
+                                                                        client: Any) -> None:
+    """Pricing a held call can run user code (an on_unpriced hook) that reads a session: it must not
+    wait for the batch it is part of (a deadlock) and sees the calls applied before it."""
+    from tokenmetry.pricing import on_unpriced
+
+    tokenmetry.instrument()
+    seen: list[int] = []
+    unsubscribe = on_unpriced(lambda model, provider: seen.append(tokenmetry.current_session().call_count))
+    try:
+        with tokenmetry.session("hooked") as session:
+            ask(client, 3)
+            client.chat.completions.create(model="no-such-model-anywhere",
+                                           messages=[{"role": "user", "content": "hi"}])
+            assert session.call_count == 2  # applies both; the hook runs while the second is priced
+    finally:
+        unsubscribe()
+    assert seen == [1]  # ran while the second call was priced: the first one applied, not the second
+    assert session.calls[0].cost is not None and session.calls[1].cost is None
+
+
+def test_rate_window_drops_tokens_older_than_what_a_bucket_holds() -> None:
+    window = RateWindow(60)
+    window.add(10, 1_000_120.5)
+    window.add(7, 1_000_060.2)  # same bucket, one window earlier: applied late, already out of the window
+    assert window.total(1_000_120.9) == 10
+    window.add(5, 1_000_119.0)  # a second still in the window
+    assert window.total(1_000_120.9) == 15

@@ -13,6 +13,7 @@ from .call import logger, warn_once
 
 if TYPE_CHECKING:
     from .call import Call
+    from .config import Options
     from .usage import Cost
 
 __all__ = ["estimate_call", "price_call", "request_text", "top_up_output", "warm_up"]
@@ -91,8 +92,9 @@ def top_up_output(call: Call) -> None:
 _price_usage_of_call: Any = None
 
 
-def price_call(call: Call) -> Cost | None:
-    """The cost of a call's usage, or None when its model has no known price."""
+def price_call(call: Call, options: Options | None = None) -> Cost | None:
+    """The cost of a call's usage (``options``: the recorder's), or None when its model has no
+    known price."""
     global _price_usage_of_call
     if _price_usage_of_call is None:  # bound once: an import statement per call costs microseconds
         try:
@@ -101,7 +103,7 @@ def price_call(call: Call) -> Cost | None:
             return None
         _price_usage_of_call = price_usage_of_call
     try:
-        return _price_usage_of_call(call)
+        return _price_usage_of_call(call, options)  # type: ignore[no-any-return]
     except Exception:
         logger.debug("tokenmetry: pricing failed", exc_info=True)
         warn_once("pricing", "tokenmetry: pricing a call failed (further failures logged at DEBUG)")

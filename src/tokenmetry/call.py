@@ -12,10 +12,12 @@ import contextvars
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .config import Options
+from .pending import FOLD_BATCH, set_applier
 from .rate import ProcessStats
 from .session import Session, current_session
 from .usage import CallRecord, Cost, Usage
@@ -56,6 +58,7 @@ class Call:
         "finish_reasons", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s", "retry_events",
         "error_type", "cost", "span", "request_body", "text_parts", "withhold_usage_chunk", "done",
         "reservation", "rate_limits", "attributes", "output_pending", "error_id", "_record",
+        "headers", "header_reader", "priced",
     )
 
     def __init__(self, provider: str, operation: str, request_model: str | None, stream: bool,
@@ -105,6 +108,10 @@ class Call:
         self.output_pending = False
         self.error_id: int | None = None
         self._record: CallRecord | None = None
+        # the successful response's headers, read for rate limits when the call is applied
+        self.headers: Any = None
+        self.header_reader: Callable[[Call, Any], None] | None = None
+        self.priced = False  # cost settled (None included: unknown model, or no tokens)
 
     def set_usage(self, input_tokens: int, output_tokens: int, cache_read: int | None = None,
                   cache_write: int | None = None, reasoning: int | None = None,
@@ -174,13 +181,19 @@ class Recorder:
         # internal sinks (the ledger): receive the finished Call itself, must be cheap and never raise
         self._sinks: tuple[Callable[[Call], None], ...] = ()
         self._subscribers_lock = threading.Lock()
-        self._price: Callable[[Call], Cost | None] | None = None
+        self._price: Callable[[Call, Options], Cost | None] | None = None
         self._estimate: Callable[[Call], None] | None = None
         self._warmed = False  # price data loads in the background once the first call begins
+        # finished calls not yet added to sessions and statistics (see tokenmetry.pending)
+        self._pending: deque[Call] = deque()
+        self._fold_lock = threading.Lock()
+        self._folding_thread: int | None = None
+        set_applier(self.fold)
 
     def configure(self, options: Options) -> None:
         from .session import sessions
 
+        self.fold()  # calls finished under the old options are applied with them
         self.options = options
         if options.tpm_window_s != self.stats._window_s:
             self.stats = ProcessStats(options.tpm_window_s)
@@ -281,7 +294,13 @@ class Recorder:
         self.finish(call)
 
     def finish(self, call: Call, incomplete: bool = False) -> None:
-        """Account a call exactly once; never raises."""
+        """Account a call exactly once; never raises.
+
+        What cannot wait happens here: the estimate of a usage that never came, the span and metric
+        points, a budget, sinks and ``on_record`` callbacks (the cost first, when any of them needs
+        it). The call then joins the pending calls that :meth:`fold` adds to its session and the
+        process statistics (see :mod:`tokenmetry.pending`).
+        """
         if call.done:
             return
         call.done = True
@@ -296,28 +315,22 @@ class Recorder:
                 from .accounting import top_up_output
 
                 top_up_output(call)
-            if call.input_tokens or call.output_tokens:
-                price = self._price
-                call.cost = price(call) if price is not None else self._cost(call)
             budget = call.session.budget
-            if budget is not None:
-                budget.settle(call)
-            call.session._add(call)
-            self.stats.add(call)
-            if call.rate_limits:
-                self.stats.note_rate_limits(call.provider, call.response_model or call.request_model,
-                                            call.rate_limits)
-            self.telemetry.end(call)  # the span if any, metric points if an SDK meters
-            for sink in self._sinks:
-                sink(call)
-            subscribers = self._subscribers
-            if subscribers:
-                record = call.record()
-                for callback in subscribers:
-                    try:
-                        callback(record)
-                    except Exception:  # a subscriber's bug must not reach the SDK call
-                        logger.exception("tokenmetry: on_record callback %r failed", callback)
+            instruments = self.telemetry.instruments()
+            try:
+                if call.span is not None or instruments is not None or budget is not None or \
+                        self._sinks or self._subscribers:
+                    self._finish_now(call, budget, instruments)
+            finally:
+                pending = self._pending
+                pending.append(call)
+            # a finaliser (incomplete: a stream dropped unfinished) may run inside a fold or a
+            # reader holding a session's lock: it only leaves the call pending
+            if not incomplete and len(pending) >= FOLD_BATCH and self._fold_lock.acquire(blocking=False):
+                try:
+                    self._fold_held()
+                finally:
+                    self._fold_lock.release()
         except Exception:
             logger.debug("tokenmetry: finishing a call failed", exc_info=True)
             warn_once("finish", "tokenmetry: could not record a call (further failures of this kind "
@@ -326,6 +339,76 @@ class Recorder:
             call.request_body = None
             call.text_parts = None
             call.span = None
+
+    def _finish_now(self, call: Call, budget: Any, instruments: Any) -> None:
+        """The part of finishing that needs the cost at once: span, metrics, budget, callbacks."""
+        call.priced = True
+        if call.input_tokens or call.output_tokens:
+            price = self._price
+            call.cost = price(call, self.options) if price is not None else self._cost(call)
+        if budget is not None:
+            budget.settle(call)
+        self.telemetry.end(call, instruments)  # the span if any, metric points if an SDK meters
+        for sink in self._sinks:
+            sink(call)
+        subscribers = self._subscribers
+        if subscribers:
+            record = call.record()
+            for callback in subscribers:
+                try:
+                    callback(record)
+                except Exception:  # a subscriber's bug must not reach the SDK call
+                    logger.exception("tokenmetry: on_record callback %r failed", callback)
+
+    # ----------------------------------------------------------------- pending calls
+    def fold(self) -> None:
+        """Add every pending finished call to its session and the statistics (readers call this
+        through :func:`tokenmetry.pending.apply_pending`)."""
+        if self._folding_thread == threading.get_ident():
+            return  # a reader called from inside a fold (an on_unpriced hook): it sees what is applied
+        with self._fold_lock:
+            self._fold_held()
+
+    def _fold_held(self) -> None:
+        self._folding_thread = threading.get_ident()
+        try:
+            pending = self._pending
+            stats = self.stats
+            while True:
+                try:
+                    call = pending.popleft()
+                except IndexError:
+                    return
+                try:
+                    self._apply(call, stats)
+                except Exception:
+                    logger.debug("tokenmetry: adding a call to its session failed", exc_info=True)
+                    warn_once("apply", "tokenmetry: could not add a call to its session or the "
+                              "statistics (further failures of this kind are logged at DEBUG)")
+        finally:
+            self._folding_thread = None
+
+    def _apply(self, call: Call, stats: ProcessStats) -> None:
+        if not call.priced:
+            call.priced = True
+            if call.input_tokens or call.output_tokens:
+                price = self._price
+                call.cost = price(call, self.options) if price is not None else self._cost(call)
+        headers = call.headers
+        if headers is not None:
+            call.headers = None
+            reader = call.header_reader
+            if reader is not None:
+                try:
+                    reader(call, headers)
+                except Exception:  # unreadable rate-limit headers must not lose the call's usage
+                    logger.debug("tokenmetry: reading rate-limit headers failed", exc_info=True)
+                    warn_once("headers", "tokenmetry: could not read rate-limit headers (further "
+                              "failures of this kind are logged at DEBUG)")
+        call.session._add(call)
+        stats.add(call)
+        if call.rate_limits:
+            stats.note_rate_limits(call.provider, call.response_model or call.request_model, call.rate_limits)
 
     def _fill_estimate(self, call: Call) -> None:
         estimate = self._estimate
@@ -341,7 +424,7 @@ class Recorder:
             from .accounting import price_call
 
             price = self._price = price_call
-        return price(call)
+        return price(call, self.options)
 
 
 recorder = Recorder()

@@ -482,6 +482,9 @@ def unpriced_count() -> int:
     >>> isinstance(unpriced_count(), int)
     True
     """
+    from .pending import apply_pending
+
+    apply_pending()  # calls not priced yet (see tokenmetry.pending) are counted first
     return _unpriced_total
 
 
@@ -592,21 +595,20 @@ def _sheet(entry: _Entry, options: Options | None, context: Mapping[str, str] | 
     return sheet, currency, source
 
 
-def _compute(sheet: _Sheet, usage: Usage, cache_write_1h_tokens: int | None, requests: int,
-             currency: str, source: str) -> Cost:
-    input_tokens = usage.input_tokens
+def _compute(sheet: _Sheet, input_tokens: int, output_tokens: int, cache_read_tokens: int | None,
+             cache_write_tokens: int | None, reasoning_tokens: int | None, cache_write_1h_tokens: int | None,
+             requests: int, currency: str, source: str) -> Cost:
     # after filling, every slot but the per-request one is a Decimal here
     prices: tuple[Any, ...] = sheet.at(input_tokens) if sheet.tiered else sheet.prices
     p_input, p_output, p_cache_read, p_cache_write, p_cache_write_1h, p_reasoning, p_request = prices
-    cache_read = usage.cache_read_tokens or 0
-    cache_write = usage.cache_write_tokens or 0
+    cache_read = cache_read_tokens or 0
+    cache_write = cache_write_tokens or 0
     cache_write_1h = cache_write_1h_tokens or 0
     # the 1-hour part given without (or above) the total: it is the total
     cache_write = max(cache_write, cache_write_1h)
     # inconsistent counts from a vendor (cache above the prompt): never bill negative input
     uncached = max(input_tokens - cache_read - cache_write, 0)
-    output_tokens = usage.output_tokens
-    reasoning = usage.reasoning_tokens or 0
+    reasoning = reasoning_tokens or 0
 
     input_cost: Decimal = p_input * uncached if uncached else _ZERO
     cache_read_cost: Decimal = p_cache_read * cache_read if cache_read else _ZERO
@@ -680,40 +682,44 @@ def price(model: str, usage: Usage, *, provider: str | None = None, options: Opt
             and (options is None or (options.currency == "USD" and not options.price_overrides))):
         # the common case, inlined: USD list prices, nothing to merge
         usd_sheet = entry.usd[0] if entry.selectors is None else entry.usd[entry.select(time.time())]
-        return _compute(usd_sheet, usage, cache_write_1h_tokens, requests, "USD", "genai-prices")
+        return _compute(usd_sheet, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+                        usage.cache_write_tokens, usage.reasoning_tokens, cache_write_1h_tokens, requests,
+                        "USD", "genai-prices")
     sheet, currency, source = _sheet(entry, options, price_context,
                                      None if at is None else _timestamp(at))
     if sheet is None:
         if record_unpriced:
             _note_unpriced(model, provider, source)
         return None
-    return _compute(sheet, usage, cache_write_1h_tokens, requests, currency, source)
+    return _compute(sheet, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+                    usage.cache_write_tokens, usage.reasoning_tokens, cache_write_1h_tokens, requests,
+                    currency, source)
 
 
 def price_usage_of_call(call: Any, options: Options | None = None) -> Cost | None:
     """Price a finished call (the lifecycle's ``Call``): its response model first (dated, and the real
     model behind an Azure deployment name), then its request model. Counts one unpriced call when
-    neither is known."""
+    neither is known. Reads the call's token fields directly: no ``Usage`` is built."""
     if options is None:
         from .call import recorder
 
         options = recorder.options
-    usage = call.usage
-    cache_write_1h = getattr(call, "cache_write_1h_tokens", None)
     provider = call.provider
-    tried: list[str] = []
-    for model in (call.response_model, call.request_model):
-        if not model or model in tried:
+    response_model = call.response_model
+    request_model = call.request_model
+    for model in (response_model, request_model if request_model != response_model else None):
+        if not model:
             continue
-        tried.append(model)
         entry = _entries.get((model, provider)) or _resolve(model, provider)
         sheet, currency, source = _sheet(entry, options, None, None)
         if sheet is not None:
-            return _compute(sheet, usage, cache_write_1h, 1, currency, source)
+            return _compute(sheet, call.input_tokens, call.output_tokens, call.cache_read_tokens,
+                            call.cache_write_tokens, call.reasoning_tokens,
+                            getattr(call, "cache_write_1h_tokens", None), 1, currency, source)
         if source != "unknown-model":
             _note_unpriced(model, provider, source)
             return None
-    _note_unpriced(tried[0] if tried else "", provider, "unknown-model")
+    _note_unpriced(response_model or request_model or "", provider, "unknown-model")
     return None
 
 

@@ -11,6 +11,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .pending import apply_pending
 from .usage import ModelStats, PerformanceSnapshot, Usage
 
 if TYPE_CHECKING:
@@ -33,9 +34,14 @@ class RateWindow:
         self._tokens = [0] * window_s
 
     def add(self, tokens: int, now: float) -> None:
+        """Add tokens completed at ``now`` (a call's end: calls are applied in batches, so ``now``
+        may be a little in the past, but never older than a bucket's current second)."""
         second = int(now)
         index = second % self.window_s
-        if self._seconds[index] != second:
+        held = self._seconds[index]
+        if held != second:
+            if held > second:
+                return  # a whole window older than tokens already counted: out of the window
             self._seconds[index] = second
             self._tokens[index] = tokens
         else:
@@ -106,7 +112,7 @@ class ProcessStats:
 
     def add(self, call: Call) -> None:
         """Add a finished call to the process, its provider and its (provider, model) tallies."""
-        now = time.time()
+        now = call.started_at + call.duration_s  # the call's end: the tokens-per-minute second
         name = call.provider
         model = call.response_model or call.request_model
         # every call passes here: read the call once, then update the three tallies in one loop
@@ -154,7 +160,10 @@ class ProcessStats:
                 if tokens:  # work rate is throughput while producing tokens: token counting is not work
                     tally.busy_s += duration_s
                     window = tally.window  # RateWindow.add, inlined
-                    if window._seconds[index] != second:
+                    held = window._seconds[index]
+                    if held != second:
+                        if held > second:
+                            continue  # out of the window already
                         window._seconds[index] = second
                         window._tokens[index] = tokens
                     else:
@@ -191,16 +200,19 @@ class ProcessStats:
                 current.update(values)
 
     def rate_limits(self) -> dict[str, dict[str, Any]]:
+        apply_pending()
         with self._lock:
             return {k: dict(v) for k, v in self._rate_limits.items()}
 
     def tokens_per_minute(self) -> list[tuple[str, str | None, float]]:
         """(provider, model, tpm) for every model seen, for the observable gauge."""
+        apply_pending()
         now = time.time()
         with self._lock:
             return [(p, m, t.window.per_minute(now)) for (p, m), t in self._models.items()]
 
     def snapshot(self) -> PerformanceSnapshot:
+        apply_pending()
         now = time.time()
         with self._lock:
             limits = {k: dict(v) for k, v in self._rate_limits.items()}
@@ -229,6 +241,7 @@ class ProcessStats:
             )
 
     def reset(self) -> None:
+        apply_pending()
         with self._lock:
             self._process = _Tally(self._window_s)
             self._providers.clear()

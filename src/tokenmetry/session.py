@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from .pending import apply_pending
 from .usage import CallRecord, Cost, Usage
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class Session:
 
     # ----------------------------------------------------------------- recording (called by the lifecycle)
     def _add(self, call: Call) -> None:
-        now = time.time()
+        ended = call.started_at + call.duration_s  # the window's second of the call's end
         with self._lock:
             self._calls += 1
             if call.error_type is not None:
@@ -146,7 +147,7 @@ class Session:
             tokens = call.input_tokens + call.output_tokens
             if tokens:
                 self._busy_s += call.duration_s
-                self._window.add(tokens, now)
+                self._window.add(tokens, ended)
             self._history.append(call)
 
     def _add_retry(self, slept_s: float, cause: str) -> None:
@@ -162,6 +163,7 @@ class Session:
     @property
     def usage(self) -> Usage:
         """Exact totals of every call this session made (history bound or not)."""
+        apply_pending()
         with self._lock:
             return Usage(self._input, self._output, self._cache_read, self._cache_write,
                          self._reasoning, self._tool)
@@ -169,32 +171,38 @@ class Session:
     @property
     def cost(self) -> Cost | None:
         """Total cost of the priced calls; ``None`` when no call could be priced."""
+        apply_pending()
         with self._lock:
             return None if self._cost is None else self._cost.value()
 
     @property
     def calls(self) -> list[CallRecord]:
         """The most recent calls, oldest first (at most ``history_limit``)."""
+        apply_pending()
         with self._lock:
             history = list(self._history)
         return [call.record() for call in history]
 
     @property
     def call_count(self) -> int:
+        apply_pending()
         with self._lock:
             return self._calls
 
     @property
     def throttle_wait_s(self) -> float:
+        apply_pending()
         with self._lock:
             return self._throttle_wait_s
 
     def tokens_per_minute(self) -> float:
+        apply_pending()
         with self._lock:
             return self._window.per_minute(time.time())
 
     def summary(self) -> dict[str, Any]:
         """Totals, per-call averages and rates as one plain dict."""
+        apply_pending()
         now = time.time()
         with self._lock:
             calls = self._calls
@@ -231,6 +239,7 @@ class Session:
 
     def reset(self) -> None:
         """Forget every total and the history (the session stays in use)."""
+        apply_pending()
         with self._lock:
             self._clear()
 
@@ -329,6 +338,7 @@ class SessionManager:
 
     def clear(self) -> None:
         """Forget every session and reset the default one."""
+        apply_pending()  # calls finished before clear() are forgotten with their sessions
         with self._lock:
             self._sessions.clear()
         self.default.reset()

@@ -111,9 +111,10 @@ class _AttributeSets:
     """The metric attribute dicts of one (provider, operation, models, server, error) combination,
     built once: the OpenTelemetry SDK copies what it keeps, so one dict serves every call."""
 
-    __slots__ = ("input", "output", "duration", "_extended")
+    __slots__ = ("key", "input", "output", "duration", "_extended")
 
-    def __init__(self, base: dict[str, Any], error_type: str | None) -> None:
+    def __init__(self, key: tuple[Any, ...], base: dict[str, Any], error_type: str | None) -> None:
+        self.key = key  # what identifies the set (running totals of observable counters use it)
         self.input = {**base, TOKEN_TYPE: "input"}
         self.output = {**base, TOKEN_TYPE: "output"}
         duration = dict(base)
@@ -149,11 +150,17 @@ class _Instruments:
             "gen_ai.client.operation.time_per_output_chunk", unit="s",
             description="Mean time between output chunks after the first, one point per stream.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
-        self.tokens = meter.create_counter(
-            "tokenmetry.tokens", unit="{token}",
+        # running totals behind the token-kind and cost counters: an addition here per call, the
+        # SDK's work once per collection (its per-point path costs tens of microseconds a call)
+        self._totals_lock = threading.Lock()
+        self.token_totals: dict[tuple[Any, ...], list[Any]] = {}
+        self.cost_totals: dict[tuple[Any, ...], list[Any]] = {}
+        meter.create_observable_counter(
+            "tokenmetry.tokens", callbacks=[self._observe(self.token_totals)], unit="{token}",
             description="Tokens by kind: cache_read, cache_write, reasoning, tool.")
-        self.cost = meter.create_counter(
-            "tokenmetry.cost", unit=recorder.options.currency, description="Cost of the calls.")
+        meter.create_observable_counter(
+            "tokenmetry.cost", callbacks=[self._observe(self.cost_totals)], unit=recorder.options.currency,
+            description="Cost of the calls.")
         self.unpriced = meter.create_counter(
             "tokenmetry.unpriced", unit="{call}", description="Calls whose model has no known price.")
         self.throttle_wait = meter.create_histogram(
@@ -162,6 +169,29 @@ class _Instruments:
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
         self.retries = meter.create_counter(
             "tokenmetry.retries", unit="{retry}", description="Retries by cause.")
+        self._gauges(meter, recorder)
+
+    def add(self, totals: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...],
+            attributes: dict[str, Any], amount: float) -> None:
+        """Add to the running total of one attribute set of an observable counter."""
+        with self._totals_lock:
+            entry = totals.get(key)
+            if entry is None:
+                totals[key] = [attributes, amount]
+            else:
+                entry[1] += amount
+
+    def _observe(self, totals: dict[tuple[Any, ...], list[Any]]) -> Any:
+        lock = self._totals_lock
+
+        def observe(_: CallbackOptions) -> list[Observation]:
+            with lock:
+                return [Observation(amount, attributes) for attributes, amount in totals.values()]
+
+        return observe
+
+    @staticmethod
+    def _gauges(meter: metrics.Meter, recorder: Recorder) -> None:
         stats = recorder.stats_ref
 
         def tokens_per_minute(_: CallbackOptions) -> list[Observation]:
@@ -348,17 +378,14 @@ class Telemetry:
             span.add_event("tokenmetry.retry", event_attributes)
 
     # ----------------------------------------------------------------- end of a call
-    def end(self, call: Call) -> None:
-        """End the call's span (if it has one) and record its metric points (if an SDK meters)."""
+    def end(self, call: Call, instruments: _Instruments | None) -> None:
+        """End the call's span (if it has one) and record its metric points (``instruments``: what
+        :meth:`instruments` returned, None when no SDK meters)."""
         span = call.span
         if span is not None:
             self._end_span(call, span)
-        instruments = self._instruments
-        if instruments is None:
-            instruments = self.instruments()
-            if instruments is None:
-                return
-        self._record_metrics(call, instruments)
+        if instruments is not None:
+            self._record_metrics(call, instruments)
 
     def _end_span(self, call: Call, span: Any) -> None:
         attributes: dict[str, Any] = {
@@ -430,7 +457,7 @@ class Telemetry:
             base[SERVER_ADDRESS] = call.server_address
             if call.server_port:
                 base[SERVER_PORT] = call.server_port
-        found = _AttributeSets(base, call.error_type)
+        found = _AttributeSets(key, base, call.error_type)
         if len(self._metric_attrs) < _MAX_ATTRIBUTE_SETS:
             self._metric_attrs[key] = found
         return found
@@ -448,18 +475,24 @@ class Telemetry:
             if call.chunks > 1:
                 instruments.time_per_output_chunk.record(
                     (call.duration_s - call.time_to_first_chunk_s) / (call.chunks - 1), duration_attrs)
-        # the detail kinds are rarer: only non-zero values cost a point
+        # token kinds and cost: running totals read by observable counters (only non-zero kinds)
+        key = sets.key
         if call.cache_read_tokens:
-            instruments.tokens.add(call.cache_read_tokens, sets.extended(TM_TOKEN_KIND, "cache_read"))
+            instruments.add(instruments.token_totals, (key, "cache_read"),
+                            sets.extended(TM_TOKEN_KIND, "cache_read"), call.cache_read_tokens)
         if call.cache_write_tokens:
-            instruments.tokens.add(call.cache_write_tokens, sets.extended(TM_TOKEN_KIND, "cache_write"))
+            instruments.add(instruments.token_totals, (key, "cache_write"),
+                            sets.extended(TM_TOKEN_KIND, "cache_write"), call.cache_write_tokens)
         if call.reasoning_tokens:
-            instruments.tokens.add(call.reasoning_tokens, sets.extended(TM_TOKEN_KIND, "reasoning"))
+            instruments.add(instruments.token_totals, (key, "reasoning"),
+                            sets.extended(TM_TOKEN_KIND, "reasoning"), call.reasoning_tokens)
         if call.tool_tokens:
-            instruments.tokens.add(call.tool_tokens, sets.extended(TM_TOKEN_KIND, "tool"))
+            instruments.add(instruments.token_totals, (key, "tool"),
+                            sets.extended(TM_TOKEN_KIND, "tool"), call.tool_tokens)
         cost = call.cost
         if cost is not None:
-            instruments.cost.add(float(cost.amount), sets.extended(TM_CURRENCY, cost.currency))
+            instruments.add(instruments.cost_totals, (key, cost.currency),
+                            sets.extended(TM_CURRENCY, cost.currency), float(cost.amount))
         elif call.input_tokens or call.output_tokens:
             instruments.unpriced.add(1, duration_attrs)
         events = call.retry_events

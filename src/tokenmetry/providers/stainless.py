@@ -415,8 +415,10 @@ class StainlessAdapter:
         if call is not None:
             response = kwargs.get("response")
             if response is not None:
+                # read when the call is applied (tokenmetry.pending): the last response's headers win
                 try:
-                    self.read_headers(call, response.headers)
+                    call.headers = response.headers
+                    call.header_reader = self.read_headers
                 except Exception:
                     _failed("headers")
         return wrapped(*args, **kwargs)

@@ -1,0 +1,36 @@
+"""Finished calls not yet added to the sessions, statistics and price totals.
+
+The call lifecycle does per call only what cannot wait: the span, the metric points, a budget, the
+``on_record`` callbacks. Adding a call to its session and the process statistics (and pricing it,
+when nothing needed the cost at once) happens in batches, in the thread that finishes every
+``FOLD_BATCH``-th call, which costs far less CPU than doing it between two SDK calls that have
+evicted tokenmetry's code from the processor's caches. Every reader of those totals applies the
+pending calls first (:func:`apply_pending`), so what a reader sees is always exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["apply_pending", "set_applier", "FOLD_BATCH"]
+
+#: calls held before the finishing thread applies them; readers apply at once whatever is held
+FOLD_BATCH = 16
+
+
+def _nothing() -> None:
+    return None
+
+
+_apply: Callable[[], None] = _nothing
+
+
+def set_applier(apply: Callable[[], None]) -> None:
+    """Set by the call lifecycle (:mod:`tokenmetry.call`) when its recorder is created."""
+    global _apply
+    _apply = apply
+
+
+def apply_pending() -> None:
+    """Add every finished call still held to its session and the statistics (readers call this)."""
+    _apply()
