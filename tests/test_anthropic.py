@@ -22,6 +22,7 @@ from typing import Any
 
 import anthropic
 import pytest
+from _checks import TOKENMETRY_SCOPE, only, tokenmetry_spans
 
 import tokenmetry
 from tokenmetry.counting import estimate_tokens
@@ -34,7 +35,6 @@ PROMPT = "Tell me three short facts about river otters please"
 MESSAGES = [{"role": "user", "content": PROMPT}]
 ARGS: dict[str, Any] = {"model": MODEL, "max_tokens": 200, "messages": MESSAGES}
 REAL = REAL_RESPONSES
-TOKENMETRY_SCOPE = "tokenmetry"
 SDK_SCOPE = "com.anthropic.sdk.python"
 
 
@@ -129,15 +129,6 @@ def expected_cost(model: str, usage: Usage, one_hour: int | None) -> Any:
 
 
 # ----------------------------------------------------------------------------- checks
-def only(items: list[Any]) -> Any:
-    assert len(items) == 1, items
-    return items[0]
-
-
-def tokenmetry_spans(otel: Any) -> list[Any]:
-    return [s for s in otel.finished_spans() if s.instrumentation_scope.name == TOKENMETRY_SCOPE]
-
-
 def check_record(record: Any, server: LocalAPIServer, *, stream: bool, index: int = -1,
                  operation: str = "chat", provider: str = "anthropic", session_id: str = "default",
                  retries: int = 0) -> Usage:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _checks import retry_events
 from google.genai import errors, types
 
 import tokenmetry
@@ -551,10 +552,6 @@ def test_api_error_reaches_the_caller_unchanged(server, instrumented, is_async):
 
 
 # ----------------------------------------------------------------------------- retries (issue 4)
-def retry_events(span: Any) -> list[dict[str, Any]]:
-    return [dict(e.attributes) for e in span.events if e.name == "tokenmetry.retry"]
-
-
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("reply,status,cause,retry_after", [
     (Reply(status=429, retry_delay="0.2s"), 429, "throttle", 0.2),

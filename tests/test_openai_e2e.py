@@ -18,6 +18,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from _checks import AttributeKey, attribute_key, check_histograms, points_by_attributes
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
 
@@ -208,65 +209,42 @@ def metric_attributes(record: CallRecord, port: int | None) -> dict[str, Any]:
     return attributes
 
 
-def points(otel: Any, name: str) -> dict[frozenset[tuple[str, Any]], Any]:
-    """The data points of metric ``name`` keyed by their attribute set."""
-    found: dict[frozenset[tuple[str, Any]], Any] = {}
-    for point in otel.metric_points(name):
-        key = frozenset(dict(point.attributes).items())
-        assert key not in found
-        found[key] = point
-    return found
-
-
-def _key(attributes: dict[str, Any]) -> frozenset[tuple[str, Any]]:
-    return frozenset(attributes.items())
-
-
 def check_metrics(otel: Any, records: list[CallRecord], port: int | None) -> None:
     """Every data point of the GenAI and tokenmetry instruments against the (verified) records."""
-    expected_tokens: dict[frozenset[tuple[str, Any]], list[int]] = {}
-    expected_duration: dict[frozenset[tuple[str, Any]], list[float]] = {}
-    expected_ttfc: dict[frozenset[tuple[str, Any]], list[float]] = {}
-    expected_kinds: dict[frozenset[tuple[str, Any]], int] = {}
-    expected_cost: dict[frozenset[tuple[str, Any]], float] = {}
+    expected_tokens: dict[AttributeKey, list[int]] = {}
+    expected_duration: dict[AttributeKey, list[float]] = {}
+    expected_ttfc: dict[AttributeKey, list[float]] = {}
+    expected_kinds: dict[AttributeKey, int] = {}
+    expected_cost: dict[AttributeKey, float] = {}
     for record in records:
         base = metric_attributes(record, port)
         duration_attrs = dict(base)
         if record.error_type is not None:
             duration_attrs["error.type"] = record.error_type
-        expected_duration.setdefault(_key(duration_attrs), []).append(record.duration_s)
+        expected_duration.setdefault(attribute_key(duration_attrs), []).append(record.duration_s)
         if record.usage_source != "missing":
-            expected_tokens.setdefault(_key({**base, "gen_ai.token.type": "input"}), []).append(
+            expected_tokens.setdefault(attribute_key({**base, "gen_ai.token.type": "input"}), []).append(
                 record.usage.input_tokens)
-            expected_tokens.setdefault(_key({**base, "gen_ai.token.type": "output"}), []).append(
+            expected_tokens.setdefault(attribute_key({**base, "gen_ai.token.type": "output"}), []).append(
                 record.usage.output_tokens)
         if record.stream and record.time_to_first_chunk_s is not None:
-            expected_ttfc.setdefault(_key(duration_attrs), []).append(record.time_to_first_chunk_s)
+            expected_ttfc.setdefault(attribute_key(duration_attrs), []).append(record.time_to_first_chunk_s)
         for kind, value in (("cache_read", record.usage.cache_read_tokens),
                             ("cache_write", record.usage.cache_write_tokens),
                             ("reasoning", record.usage.reasoning_tokens), ("tool", record.usage.tool_tokens)):
             if value:
-                key = _key({**duration_attrs, "tokenmetry.token.kind": kind})
+                key = attribute_key({**duration_attrs, "tokenmetry.token.kind": kind})
                 expected_kinds[key] = expected_kinds.get(key, 0) + value
         if record.cost is not None:
-            key = _key({**duration_attrs, "tokenmetry.cost.currency": record.cost.currency})
+            key = attribute_key({**duration_attrs, "tokenmetry.cost.currency": record.cost.currency})
             expected_cost[key] = expected_cost.get(key, 0.0) + float(record.cost.amount)
 
-    def histograms(name: str, expected: dict[frozenset[tuple[str, Any]], list[Any]], bounds: tuple[Any, ...]) -> None:
-        found = points(otel, name)
-        assert set(found) == set(expected), name
-        for key, values in expected.items():
-            point = found[key]
-            assert point.count == len(values), name
-            assert point.sum == pytest.approx(sum(values), rel=1e-12, abs=1e-12), name
-            assert tuple(point.explicit_bounds) == tuple(bounds), name
-
-    histograms("gen_ai.client.token.usage", expected_tokens, TOKEN_BUCKETS)
-    histograms("gen_ai.client.operation.duration", expected_duration, DURATION_BUCKETS)
-    histograms("gen_ai.client.operation.time_to_first_chunk", expected_ttfc, DURATION_BUCKETS)
-    kinds = points(otel, "tokenmetry.tokens")
+    check_histograms(otel, "gen_ai.client.token.usage", expected_tokens, TOKEN_BUCKETS)
+    check_histograms(otel, "gen_ai.client.operation.duration", expected_duration, DURATION_BUCKETS)
+    check_histograms(otel, "gen_ai.client.operation.time_to_first_chunk", expected_ttfc, DURATION_BUCKETS)
+    kinds = points_by_attributes(otel, "tokenmetry.tokens")
     assert {k: p.value for k, p in kinds.items()} == expected_kinds
-    costs = points(otel, "tokenmetry.cost")
+    costs = points_by_attributes(otel, "tokenmetry.cost")
     assert set(costs) == set(expected_cost)
     for key, amount in expected_cost.items():
         assert costs[key].value == pytest.approx(amount, rel=1e-12)
@@ -799,7 +777,7 @@ def test_api_error(server: LocalAPIServer, otel: Any, records: list[CallRecord],
     check_span(span, record, port=server.port, usage_reported=False)
     assert span.attributes["error.type"] == error_class.__qualname__
     check_metrics(otel, records, server.port)
-    assert points(otel, "gen_ai.client.token.usage") == {}
+    assert points_by_attributes(otel, "gen_ai.client.token.usage") == {}
     snapshot = tokenmetry.stats()
     assert (snapshot.requests, snapshot.errors) == (1, 1)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import openai
 import pytest
+from _checks import points_by_attributes
 from test_openai_e2e import (
     CHAT_DETAILS,
     CHAT_MODEL,
@@ -23,7 +24,6 @@ from test_openai_e2e import (
     check_record,
     check_span,
     openai_client,
-    points,
     truth_of,
 )
 
@@ -91,7 +91,7 @@ def _one_call(records: list[CallRecord], otel: Any) -> CallRecord:
     """Exactly one record, one span and one duration point."""
     assert len(records) == 1
     assert len(otel.finished_spans()) == 1
-    durations = points(otel, "gen_ai.client.operation.duration")
+    durations = points_by_attributes(otel, "gen_ai.client.operation.duration")
     assert [p.count for p in durations.values()] == [1]
     return records[0]
 
@@ -417,9 +417,9 @@ def test_time_to_first_chunk(server: LocalAPIServer, otel: Any, records: list[Ca
     assert record.time_to_first_chunk_s is not None
     assert 0.05 <= record.time_to_first_chunk_s < record.duration_s
     assert record.duration_s - record.time_to_first_chunk_s >= (sent_chunks - 1) * 0.01 * 0.9
-    ttfc = points(otel, "gen_ai.client.operation.time_to_first_chunk")
+    ttfc = points_by_attributes(otel, "gen_ai.client.operation.time_to_first_chunk")
     assert [(p.count, p.sum) for p in ttfc.values()] == [(1, record.time_to_first_chunk_s)]
-    per_chunk = points(otel, "gen_ai.client.operation.time_per_output_chunk")
+    per_chunk = points_by_attributes(otel, "gen_ai.client.operation.time_per_output_chunk")
     expected = (record.duration_s - record.time_to_first_chunk_s) / (sent_chunks - 1)
     assert [(p.count, p.sum) for p in per_chunk.values()] == [(1, pytest.approx(expected, rel=1e-9))]
 

@@ -17,15 +17,23 @@ from typing import Any
 import openai
 import pytest
 import tenacity
-from test_openai_e2e import CHAT_MODEL, MESSAGES, check_span, openai_client, points, truth_of
+from _checks import (
+    EARLY,
+    LATE,
+    Planned,
+    cause_of,
+    check_retry_events,
+    check_retry_metrics,
+    check_tokens_counted_once,
+    rate_limit_gauge,
+    retry_events,
+    sleeps_by_cause,
+)
+from test_openai_e2e import CHAT_MODEL, MESSAGES, check_span, openai_client, truth_of
 
 import tokenmetry
-from tokenmetry.telemetry import DURATION_BUCKETS
 from tokenmetry.testing import LocalAPIServer, Reply
 from tokenmetry.usage import CallRecord, Usage
-
-EARLY = 0.005  # a sleep may end this much before what was asked (clock granularity)
-LATE = 0.5  # ... and this much after (a loaded machine)
 
 
 @pytest.fixture(scope="module")
@@ -53,46 +61,16 @@ def _http_date(seconds_ahead: float) -> str:
     return email.utils.formatdate(time.time() + seconds_ahead, usegmt=True)
 
 
-def retry_events(span: Any) -> list[dict[str, Any]]:
-    return [dict(e.attributes) for e in span.events if e.name == "tokenmetry.retry"]
-
-
-def check_sleeps(events: list[dict[str, Any]], server: LocalAPIServer, *, statuses: list[int | None],
-                 asked: list[float | None], causes: list[str], first_attempt: int = 1,
-                 backoff: tuple[float, float] | None = None, extra: dict[str, Any] | None = None) -> list[float]:
-    """Each retry event against what the server asked and the gap it saw; returns the sleeps."""
-    assert len(events) == len(statuses) == len(asked) == len(causes)
-    requests = server.requests
-    slept: list[float] = []
-    for index, (event, status, wanted, cause) in enumerate(zip(events, statuses, asked, causes, strict=True)):
-        expected = {"tokenmetry.retry.attempt": first_attempt + index, "tokenmetry.retry.cause": cause,
-                    "tokenmetry.retry.slept_s": event["tokenmetry.retry.slept_s"], **(extra or {})}
-        if status is not None:
-            expected["http.response.status_code"] = status
-        if wanted is not None:
-            expected["tokenmetry.retry.retry_after_s"] = pytest.approx(wanted, abs=1e-9)
-        assert event == expected
-        duration = event["tokenmetry.retry.slept_s"]
-        low, high = (wanted, wanted) if wanted is not None else backoff  # type: ignore[misc]
-        assert low - EARLY <= duration <= high + LATE
-        # the server saw the next attempt no sooner than the sleep ended
-        gap = requests[index + 1].received_at - requests[index].received_at
-        assert gap >= duration
-        slept.append(duration)
-    return slept
-
-
-def check_retry_metrics(otel: Any, by_cause: dict[str, list[float]], model: str = CHAT_MODEL) -> None:
-    retries = points(otel, "tokenmetry.retries")
-    waits = points(otel, "tokenmetry.throttle.wait")
-    expected_keys = {frozenset({"gen_ai.provider.name": "openai", "tokenmetry.retry.cause": cause,
-                                "gen_ai.request.model": model}.items()): sleeps for cause, sleeps in by_cause.items()}
-    assert {k: p.value for k, p in retries.items()} == {k: len(v) for k, v in expected_keys.items()}
-    assert set(waits) == set(expected_keys)
-    for key, sleeps in expected_keys.items():
-        assert waits[key].count == len(sleeps)
-        assert waits[key].sum == pytest.approx(sum(sleeps), rel=1e-9)
-        assert tuple(waits[key].explicit_bounds) == DURATION_BUCKETS
+def _planned(asked: list[float | None], backoff: tuple[float, float] | None) -> list[Planned]:
+    """How long each sleep should be: what the server asked, else the SDK's own backoff range."""
+    planned: list[Planned] = []
+    for wanted in asked:
+        if wanted is None:
+            assert backoff is not None, "nothing asked: the backoff range is needed"
+            planned.append(backoff)
+        else:
+            planned.append(wanted)
+    return planned
 
 
 def check_totals(record: CallRecord, session: Any, *, retries: int, throttle: float, retry_wait: float,
@@ -129,16 +107,12 @@ PLANS = [
 ]
 
 
-def _cause(status: int) -> str:
-    return "throttle" if status == 429 else "server_error"
-
-
 def _check_retried_call(server: LocalAPIServer, otel: Any, records: list[CallRecord], session: Any,
                         plan: list[Reply], asked: list[float | None], *, stream: bool = False,
                         backoff: tuple[float, float] | None = None) -> None:
     assert len(server.requests) == len(plan) + 1
     statuses = [r.status for r in plan]
-    causes = [_cause(s) for s in statuses]
+    causes = [cause_of(s) for s in statuses]
     assert len(records) == 1  # counted once: the attempt that succeeded
     record = records[0]
     truth = truth_of(server.last_response, "chat")
@@ -146,20 +120,15 @@ def _check_retried_call(server: LocalAPIServer, otel: Any, records: list[CallRec
     assert session.usage == truth.usage and tokenmetry.stats().usage == truth.usage
     assert record.response_id == truth.response_id and record.error_type is None and record.stream is stream
     span = otel.finished_spans()[0]
-    slept = check_sleeps(retry_events(span), server, statuses=statuses, asked=asked, causes=causes,
-                         backoff=backoff)
+    slept = check_retry_events(retry_events(span), server, statuses=statuses, asked=asked,
+                               planned=_planned(asked, backoff))
     throttle = sum(s for s, c in zip(slept, causes) if c == "throttle")
     retry_wait = sum(s for s, c in zip(slept, causes) if c != "throttle")
     check_totals(record, session, retries=len(plan), throttle=throttle, retry_wait=retry_wait,
                  throttle_events=causes.count("throttle"))
     check_span(span, record, port=server.port)
-    by_cause: dict[str, list[float]] = {}
-    for sleep, cause in zip(slept, causes):
-        by_cause.setdefault(cause, []).append(sleep)
-    check_retry_metrics(otel, by_cause)
-    token_points = points(otel, "gen_ai.client.token.usage")
-    assert sorted((p.count, p.sum) for p in token_points.values()) == sorted(
-        [(1, truth.usage.input_tokens), (1, truth.usage.output_tokens)])
+    check_retry_metrics(otel, "openai", CHAT_MODEL, sleeps_by_cause(slept, statuses))
+    check_tokens_counted_once(otel, truth.usage)
 
 
 @pytest.mark.parametrize(("plan", "asked"), PLANS)
@@ -260,8 +229,8 @@ async def test_retries_exhausted(server: LocalAPIServer, otel: Any, records: lis
     assert record.usage_source == "missing" and record.usage == Usage()
     span = otel.finished_spans()[0]
     assert span.attributes["error.type"] == "RateLimitError"
-    slept = check_sleeps(retry_events(span), server, statuses=[429, 429], asked=[0.02, 0.02],
-                         causes=["throttle", "throttle"])
+    slept = check_retry_events(retry_events(span), server, statuses=[429, 429], asked=[0.02, 0.02],
+                               planned=[0.02, 0.02])
     assert record.retries == 2
     assert record.throttle_wait_s == pytest.approx(sum(slept), rel=1e-12)
     assert session.summary()["errors"] == 1
@@ -269,7 +238,7 @@ async def test_retries_exhausted(server: LocalAPIServer, otel: Any, records: lis
     snapshot = tokenmetry.stats()
     assert (snapshot.requests, snapshot.errors, snapshot.retries, snapshot.throttle_events) == (1, 1, 2, 2)
     check_span(span, record, port=server.port, usage_reported=False)
-    check_retry_metrics(otel, {"throttle": slept})
+    check_retry_metrics(otel, "openai", CHAT_MODEL, {"throttle": slept})
 
 
 def test_connection_retries(otel: Any, records: list[CallRecord]) -> None:
@@ -299,8 +268,8 @@ def _loop_checks(server: LocalAPIServer, otel: Any, records: list[CallRecord], s
     assert records[2].usage == truth.usage
     events = retry_events(parent)
     # on the user's span, numbered like the SDK's own retries (1 = the first retry)
-    slept = check_sleeps(events, server, statuses=[429, 429], asked=asked, causes=["throttle", "throttle"],
-                         backoff=backoff, extra={"gen_ai.provider.name": "openai"})
+    slept = check_retry_events(events, server, statuses=[429, 429], asked=asked,
+                               planned=_planned(asked, backoff), extra={"gen_ai.provider.name": "openai"})
     summary = session.summary()
     assert (summary["calls"], summary["errors"], summary["retries"]) == (3, 2, 2)
     assert summary["throttle_wait_s"] == pytest.approx(sum(slept), rel=1e-12)
@@ -309,7 +278,7 @@ def _loop_checks(server: LocalAPIServer, otel: Any, records: list[CallRecord], s
     for tally in (snapshot, snapshot.by_provider["openai"], snapshot.by_model[f"openai/{CHAT_MODEL}"]):
         assert (tally.requests, tally.errors, tally.retries, tally.throttle_events) == (3, 2, 2, 2)
         assert tally.throttle_wait_s == pytest.approx(sum(slept), rel=1e-12)
-    check_retry_metrics(otel, {"throttle": slept})
+    check_retry_metrics(otel, "openai", CHAT_MODEL, {"throttle": slept})
     spans = [s for s in otel.finished_spans() if s.name == f"chat {CHAT_MODEL}"]
     assert len(spans) == 3 and all(s.parent.span_id == parent.context.span_id for s in spans)
     return slept
@@ -430,16 +399,6 @@ LIMITS = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests":
           "x-ratelimit-reset-requests": "120ms", "x-ratelimit-reset-tokens": "15ms"}
 
 
-def _gauge(otel: Any) -> dict[tuple[str, str, str], Any]:
-    found = {}
-    for point in otel.metric_points("tokenmetry.rate_limit.remaining"):
-        attrs = dict(point.attributes)
-        assert set(attrs) == {"gen_ai.provider.name", "gen_ai.request.model", "tokenmetry.rate_limit.kind"}
-        found[(attrs["gen_ai.provider.name"], attrs["gen_ai.request.model"], attrs["tokenmetry.rate_limit.kind"])] = \
-            point.value
-    return found
-
-
 def test_rate_limit_headers(server: LocalAPIServer, otel: Any) -> None:
     tokenmetry.instrument(**otel.kwargs())
     server.default_headers.update(LIMITS)
@@ -452,7 +411,8 @@ def test_rate_limit_headers(server: LocalAPIServer, otel: Any) -> None:
         assert snapshot.rate_limit_remaining == {f"openai/{CHAT_MODEL}": expected}
         assert snapshot.by_model[f"openai/{CHAT_MODEL}"].rate_limit_remaining == expected
         assert snapshot.by_provider["openai"].rate_limit_remaining == {f"openai/{CHAT_MODEL}": expected}
-        assert _gauge(otel) == {("openai", CHAT_MODEL, "requests"): 499, ("openai", CHAT_MODEL, "tokens"): 199950}
+        assert rate_limit_gauge(otel) == {("openai", CHAT_MODEL, "requests"): 499,
+                                          ("openai", CHAT_MODEL, "tokens"): 199950}
 
         # the latest response wins; a streamed call reads them too; the key is the response model
         server.enqueue("openai.chat", Reply(headers={"x-ratelimit-remaining-requests": "498",
@@ -463,9 +423,10 @@ def test_rate_limit_headers(server: LocalAPIServer, otel: Any) -> None:
     assert limits[f"openai/{CHAT_MODEL}"] == {**expected, "remaining_requests": 498, "remaining_tokens": 199000}
     assert limits["openai/gpt-4o-2024-11-20"] == expected
     assert set(limits) == {f"openai/{CHAT_MODEL}", "openai/gpt-4o-2024-11-20"}
-    assert _gauge(otel) == {("openai", CHAT_MODEL, "requests"): 498, ("openai", CHAT_MODEL, "tokens"): 199000,
-                            ("openai", "gpt-4o-2024-11-20", "requests"): 499,
-                            ("openai", "gpt-4o-2024-11-20", "tokens"): 199950}
+    assert rate_limit_gauge(otel) == {("openai", CHAT_MODEL, "requests"): 498,
+                                      ("openai", CHAT_MODEL, "tokens"): 199000,
+                                      ("openai", "gpt-4o-2024-11-20", "requests"): 499,
+                                      ("openai", "gpt-4o-2024-11-20", "tokens"): 199950}
 
 
 async def test_async_rate_limit_headers_partial_and_bad(server: LocalAPIServer, otel: Any) -> None:
@@ -477,7 +438,7 @@ async def test_async_rate_limit_headers_partial_and_bad(server: LocalAPIServer, 
         await client.embeddings.create(model="text-embedding-3-small", input="a b", encoding_format="float")
     # a malformed value is skipped, never raised; a response without the headers changes nothing
     assert tokenmetry.stats().rate_limit_remaining == {f"openai/{CHAT_MODEL}": {"remaining_tokens": 1000}}
-    assert _gauge(otel) == {("openai", CHAT_MODEL, "tokens"): 1000}
+    assert rate_limit_gauge(otel) == {("openai", CHAT_MODEL, "tokens"): 1000}
 
 
 def test_no_rate_limit_headers_no_entry(server: LocalAPIServer, otel: Any) -> None:
@@ -485,4 +446,4 @@ def test_no_rate_limit_headers_no_entry(server: LocalAPIServer, otel: Any) -> No
     with openai_client(server) as client:
         client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
     assert tokenmetry.stats().rate_limit_remaining == {}
-    assert _gauge(otel) == {}
+    assert rate_limit_gauge(otel) == {}

@@ -29,18 +29,27 @@ from typing import Any
 import anthropic
 import pytest
 import tenacity
+from _checks import (
+    EARLY,
+    LATE,
+    Planned,
+    check_retry_events,
+    check_retry_metrics,
+    check_tokens_counted_once,
+    only,
+    rate_limit_gauge,
+    retry_events,
+    sleeps_by_cause,
+    tokenmetry_spans,
+)
 from google.genai import errors as genai_errors
 from google.genai import types
 from test_anthropic import sent_truth
 from test_google_genai import expected_usage
 
 import tokenmetry
-from tokenmetry.telemetry import DURATION_BUCKETS
 from tokenmetry.testing import LocalAPIServer, Reply
 from tokenmetry.usage import CallRecord, Usage
-
-EARLY = 0.005  # a sleep may end this much before what was planned (clock granularity)
-LATE = 0.5  # ... and this much after (a loaded machine)
 
 CLAUDE = "claude-sonnet-4-6"
 GEMINI = "gemini-2.5-flash"
@@ -48,7 +57,6 @@ CLAUDE_ARGS: dict[str, Any] = {"model": CLAUDE, "max_tokens": 100,
                                "messages": [{"role": "user", "content": "Name two rivers in France"}]}
 GEMINI_PROMPT = "Name two rivers in Spain"
 ANTHROPIC, GEMINI_API = "anthropic", "gcp.gemini"
-TOKENMETRY_SCOPE = "tokenmetry"
 
 # google-genai's own retries made deterministic: tenacity waits 0.05, 0.1, 0.1, 0.1 s (no jitter)
 GENAI_RETRIES = types.HttpRetryOptions(attempts=5, initial_delay=0.05, max_delay=0.1, exp_base=2, jitter=0.0,
@@ -107,89 +115,6 @@ class DateAhead:
         return Between(self.mono - answered_after - LATE, self.mono - answered_after + EARLY)
 
 
-def cause_of(status: int | None) -> str:
-    """The cause SPEC §4 files a retry under (the test's own table, not tokenmetry's)."""
-    return {None: "connection", 429: "throttle", 529: "overloaded"}.get(status, "server_error")
-
-
-def only(items: Sequence[Any]) -> Any:
-    assert len(items) == 1, items
-    return items[0]
-
-
-def tokenmetry_spans(otel: Any) -> list[Any]:
-    return [s for s in otel.finished_spans() if s.instrumentation_scope.name == TOKENMETRY_SCOPE]
-
-
-def retry_events(span: Any) -> list[dict[str, Any]]:
-    return [dict(e.attributes) for e in span.events if e.name == "tokenmetry.retry"]
-
-
-def points(otel: Any, name: str) -> dict[frozenset[tuple[str, Any]], Any]:
-    """The data points of metric ``name`` keyed by their attribute set."""
-    found: dict[frozenset[tuple[str, Any]], Any] = {}
-    for point in otel.metric_points(name):
-        key = frozenset(dict(point.attributes).items())
-        assert key not in found
-        found[key] = point
-    return found
-
-
-Planned = float | tuple[float, float]
-
-
-def check_waits(events: list[dict[str, Any]], server: LocalAPIServer, *, statuses: Sequence[int | None],
-                asked: Sequence[Any], planned: Sequence[Planned], first_attempt: int = 1,
-                extra: dict[str, Any] | None = None) -> list[float]:
-    """Each ``tokenmetry.retry`` event against the plan; returns the sleeps.
-
-    ``asked``: what the server asked (None: nothing; a number, exact; or a :class:`Between`);
-    ``planned``: how long the retrying code should sleep (a number, or a (low, high) backoff range).
-    """
-    assert len(events) == len(statuses) == len(asked) == len(planned)
-    requests = server.requests
-    slept: list[float] = []
-    for index, (event, status, wanted, plan) in enumerate(zip(events, statuses, asked, planned, strict=True)):
-        duration = event["tokenmetry.retry.slept_s"]
-        expected: dict[str, Any] = {"tokenmetry.retry.attempt": first_attempt + index,
-                                    "tokenmetry.retry.cause": cause_of(status),
-                                    "tokenmetry.retry.slept_s": duration, **(extra or {})}
-        if status is not None:
-            expected["http.response.status_code"] = status
-        if wanted is not None:
-            expected["tokenmetry.retry.retry_after_s"] = \
-                wanted if isinstance(wanted, Between) else pytest.approx(wanted, abs=1e-9)
-        assert event == expected
-        low, high = plan if isinstance(plan, tuple) else (plan, plan)
-        assert low - EARLY <= duration <= high + LATE, (index, duration, plan)
-        # the failed attempt reached the server before the sleep began, the next one after it ended
-        gap = requests[index + 1].received_at - requests[index].received_at
-        assert duration <= gap
-        slept.append(duration)
-    return slept
-
-
-def by_cause(slept: Sequence[float], statuses: Sequence[int | None]) -> dict[str, list[float]]:
-    found: dict[str, list[float]] = {}
-    for sleep, status in zip(slept, statuses, strict=True):
-        found.setdefault(cause_of(status), []).append(sleep)
-    return found
-
-
-def check_retry_metrics(otel: Any, provider: str, model: str, causes: dict[str, list[float]]) -> None:
-    """``tokenmetry.retries`` (one point per cause) and ``tokenmetry.throttle.wait`` (count, sum)."""
-    expected = {frozenset({"gen_ai.provider.name": provider, "tokenmetry.retry.cause": cause,
-                           "gen_ai.request.model": model}.items()): sleeps for cause, sleeps in causes.items()}
-    retries = points(otel, "tokenmetry.retries")
-    waits = points(otel, "tokenmetry.throttle.wait")
-    assert {key: point.value for key, point in retries.items()} == {k: len(v) for k, v in expected.items()}
-    assert set(waits) == set(expected)
-    for key, sleeps in expected.items():
-        assert waits[key].count == len(sleeps)
-        assert waits[key].sum == pytest.approx(sum(sleeps), rel=1e-9)
-        assert tuple(waits[key].explicit_bounds) == DURATION_BUCKETS
-
-
 def check_totals(session: Any, provider: str, model: str, causes: dict[str, list[float]], *,
                  calls: int, errors: int) -> None:
     """The session's summary and every level of ``stats()`` add up the waits, split by cause."""
@@ -226,13 +151,6 @@ def check_call_retries(record: CallRecord, span: Any, causes: dict[str, list[flo
         assert attributes["tokenmetry.retry_wait_s"] == record.retry_wait_s
     else:
         assert "tokenmetry.retry_wait_s" not in attributes
-
-
-def check_token_metrics(otel: Any, usage: Usage) -> None:
-    """The successful attempt's tokens are counted once, whatever the retries."""
-    token_points = points(otel, "gen_ai.client.token.usage")
-    assert sorted((p.count, p.sum) for p in token_points.values()) == \
-        sorted([(1, usage.input_tokens), (1, usage.output_tokens)])
 
 
 def anthropic_usage(server: LocalAPIServer) -> Usage:
@@ -291,12 +209,12 @@ def check_anthropic_retried_call(server: LocalAPIServer, otel: Any, records: lis
     assert session.usage == usage and tokenmetry.stats().usage == usage
     span = only(tokenmetry_spans(otel))
     assert span.status.status_code.name == "UNSET" and "error.type" not in span.attributes
-    slept = check_waits(retry_events(span), server, statuses=statuses, asked=asked, planned=planned)
-    causes = by_cause(slept, statuses)
+    slept = check_retry_events(retry_events(span), server, statuses=statuses, asked=asked, planned=planned)
+    causes = sleeps_by_cause(slept, statuses)
     check_call_retries(record, span, causes)
     check_totals(session, ANTHROPIC, CLAUDE, causes, calls=1, errors=0)
     check_retry_metrics(otel, ANTHROPIC, CLAUDE, causes)
-    check_token_metrics(otel, usage)
+    check_tokens_counted_once(otel, usage)
     return slept
 
 
@@ -399,13 +317,13 @@ def check_genai_retried_call(server: LocalAPIServer, otel: Any, records: list[Ca
     span = only(tokenmetry_spans(otel))
     assert span.status.status_code.name == "UNSET" and "error.type" not in span.attributes
     # google-genai sleeps its own backoff whatever the server asked
-    slept = check_waits(retry_events(span), server, statuses=statuses, asked=asked,
-                        planned=GENAI_BACKOFF[:len(statuses)])
-    causes = by_cause(slept, statuses)
+    slept = check_retry_events(retry_events(span), server, statuses=statuses, asked=asked,
+                               planned=GENAI_BACKOFF[:len(statuses)])
+    causes = sleeps_by_cause(slept, statuses)
     check_call_retries(record, span, causes)
     check_totals(session, GEMINI_API, GEMINI, causes, calls=1, errors=0)
     check_retry_metrics(otel, GEMINI_API, GEMINI, causes)
-    check_token_metrics(otel, usage)
+    check_tokens_counted_once(otel, usage)
     return slept
 
 
@@ -461,9 +379,9 @@ def check_loop(server: LocalAPIServer, otel: Any, records: list[CallRecord], ses
     assert all(r.usage_source == "missing" and r.usage == Usage() for r in records[:-1])
     assert records[-1].response_id == server.last_response.response_id
     # the waits are events on the span current in the user's code, numbered by the attempt that followed
-    slept = check_waits(retry_events(parent), server, statuses=statuses, asked=asked, planned=planned,
-                        extra={"gen_ai.provider.name": provider})
-    causes = by_cause(slept, statuses)
+    slept = check_retry_events(retry_events(parent), server, statuses=statuses, asked=asked,
+                               planned=planned, extra={"gen_ai.provider.name": provider})
+    causes = sleeps_by_cause(slept, statuses)
     check_totals(session, provider, model, causes, calls=attempts, errors=len(statuses))
     check_retry_metrics(otel, provider, model, causes)
     spans = tokenmetry_spans(otel)
@@ -661,9 +579,9 @@ async def test_anthropic_sdk_retries_exhausted(server: LocalAPIServer, otel: Any
     span = only(tokenmetry_spans(otel))
     assert span.attributes["error.type"] == type(bare).__qualname__
     assert span.status.status_code.name == "ERROR"
-    slept = check_waits(retry_events(span), server, statuses=[status, status], asked=[0.02, 0.02],
-                        planned=[0.02, 0.02])
-    causes = by_cause(slept, [status, status])
+    slept = check_retry_events(retry_events(span), server, statuses=[status, status],
+                               asked=[0.02, 0.02], planned=[0.02, 0.02])
+    causes = sleeps_by_cause(slept, [status, status])
     check_call_retries(record, span, causes)
     check_totals(session, ANTHROPIC, CLAUDE, causes, calls=1, errors=1)
     check_retry_metrics(otel, ANTHROPIC, CLAUDE, causes)
@@ -695,9 +613,9 @@ async def test_genai_sdk_retries_exhausted(server: LocalAPIServer, otel: Any, re
     assert record.error_type == type(bare).__qualname__ and record.usage_source == "missing"
     span = only(tokenmetry_spans(otel))
     assert span.attributes["error.type"] == type(bare).__qualname__
-    slept = check_waits(retry_events(span), server, statuses=[status, status], asked=[0.01, 0.01],
-                        planned=GENAI_BACKOFF[:2])
-    causes = by_cause(slept, [status, status])
+    slept = check_retry_events(retry_events(span), server, statuses=[status, status],
+                               asked=[0.01, 0.01], planned=GENAI_BACKOFF[:2])
+    causes = sleeps_by_cause(slept, [status, status])
     check_call_retries(record, span, causes)
     check_totals(session, GEMINI_API, GEMINI, causes, calls=1, errors=1)
     check_retry_metrics(otel, GEMINI_API, GEMINI, causes)
@@ -724,8 +642,9 @@ def test_anthropic_retry_decorator_gives_up_with_the_sdks_error(server: LocalAPI
     assert type(error) is anthropic.OverloadedError
     assert error_facts_anthropic(error) == error_facts_anthropic(bare)
     assert [r.error_type for r in records] == ["OverloadedError"] * 3
-    slept = check_waits(retry_events(parent), server, statuses=[529, 529], asked=[0.015, 0.015],
-                        planned=[0.015, 0.015], extra={"gen_ai.provider.name": ANTHROPIC})
+    slept = check_retry_events(retry_events(parent), server, statuses=[529, 529],
+                               asked=[0.015, 0.015], planned=[0.015, 0.015],
+                               extra={"gen_ai.provider.name": ANTHROPIC})
     # the last error is not followed by a wait: two waits for three attempts
     check_totals(session, ANTHROPIC, CLAUDE, {"overloaded": slept}, calls=3, errors=3)
     check_retry_metrics(otel, ANTHROPIC, CLAUDE, {"overloaded": slept})
@@ -756,8 +675,9 @@ async def test_genai_async_retry_decorator_gives_up_with_the_sdks_error(server: 
     assert type(error) is genai_errors.ServerError
     assert error_facts_genai(error) == error_facts_genai(bare)
     assert [r.error_type for r in records] == ["ServerError"] * 3
-    slept = check_waits(retry_events(parent), server, statuses=[503, 503], asked=[0.015, 0.015],
-                        planned=[0.015, 0.015], extra={"gen_ai.provider.name": GEMINI_API})
+    slept = check_retry_events(retry_events(parent), server, statuses=[503, 503],
+                               asked=[0.015, 0.015], planned=[0.015, 0.015],
+                               extra={"gen_ai.provider.name": GEMINI_API})
     check_totals(session, GEMINI_API, GEMINI, {"server_error": slept}, calls=3, errors=3)
     check_retry_metrics(otel, GEMINI_API, GEMINI, {"server_error": slept})
 
@@ -782,18 +702,6 @@ def expected_limits(headers: dict[str, str]) -> dict[str, Any]:
     return found
 
 
-def gauge(otel: Any) -> dict[tuple[str, str, str], Any]:
-    found = {}
-    for point in otel.metric_points("tokenmetry.rate_limit.remaining"):
-        attributes = dict(point.attributes)
-        assert set(attributes) == {"gen_ai.provider.name", "gen_ai.request.model", "tokenmetry.rate_limit.kind"}
-        key = (attributes["gen_ai.provider.name"], attributes["gen_ai.request.model"],
-               attributes["tokenmetry.rate_limit.kind"])
-        assert key not in found
-        found[key] = point.value
-    return found
-
-
 async def test_anthropic_rate_limit_headers(server: LocalAPIServer, otel: Any, records: list[CallRecord]) -> None:
     tokenmetry.instrument(**otel.kwargs())
     first = rate_limit_headers(3999, 479000, 399100, 79900)
@@ -806,22 +714,24 @@ async def test_anthropic_rate_limit_headers(server: LocalAPIServer, otel: Any, r
     assert snapshot.rate_limit_remaining == {key: expected_limits(first)}
     assert snapshot.by_model[key].rate_limit_remaining == expected_limits(first)
     assert snapshot.by_provider[ANTHROPIC].rate_limit_remaining == {key: expected_limits(first)}
-    assert gauge(otel) == {(ANTHROPIC, CLAUDE, "requests"): 3999, (ANTHROPIC, CLAUDE, "tokens"): 479000,
-                           (ANTHROPIC, CLAUDE, "input_tokens"): 399100, (ANTHROPIC, CLAUDE, "output_tokens"): 79900}
+    assert rate_limit_gauge(otel) == {
+        (ANTHROPIC, CLAUDE, "requests"): 3999, (ANTHROPIC, CLAUDE, "tokens"): 479000,
+        (ANTHROPIC, CLAUDE, "input_tokens"): 399100, (ANTHROPIC, CLAUDE, "output_tokens"): 79900}
     # the latest response wins, on an async stream too
     second = rate_limit_headers(3998, 478500, 398800, 79700)
     server.enqueue("anthropic.messages", Reply(headers=second))
     await anthropic_create(server, True, stream=True, max_retries=0)
     assert tokenmetry.stats().rate_limit_remaining == {key: expected_limits(second)}
-    assert gauge(otel) == {(ANTHROPIC, CLAUDE, "requests"): 3998, (ANTHROPIC, CLAUDE, "tokens"): 478500,
-                           (ANTHROPIC, CLAUDE, "input_tokens"): 398800, (ANTHROPIC, CLAUDE, "output_tokens"): 79700}
+    assert rate_limit_gauge(otel) == {
+        (ANTHROPIC, CLAUDE, "requests"): 3998, (ANTHROPIC, CLAUDE, "tokens"): 478500,
+        (ANTHROPIC, CLAUDE, "input_tokens"): 398800, (ANTHROPIC, CLAUDE, "output_tokens"): 79700}
     # a response without the headers changes nothing; a partial set updates only what it gives
     await anthropic_create(server, True, max_retries=0)
     partial = {"anthropic-ratelimit-tokens-remaining": "478000"}
     server.enqueue("anthropic.messages", Reply(headers=partial))
     await anthropic_create(server, False, max_retries=0)
     assert tokenmetry.stats().rate_limit_remaining == {key: {**expected_limits(second), "remaining_tokens": 478000}}
-    assert gauge(otel)[(ANTHROPIC, CLAUDE, "tokens")] == 478000
+    assert rate_limit_gauge(otel)[(ANTHROPIC, CLAUDE, "tokens")] == 478000
     assert len(records) == 4 and all(r.error_type is None for r in records)
 
 
@@ -832,8 +742,8 @@ async def test_anthropic_rate_limit_headers_of_a_retried_429(server: LocalAPISer
     server.enqueue("anthropic.messages", Reply(status=429, headers={**ms(10), **exhausted}))
     await anthropic_create(server, True, max_retries=1)  # the success carries no rate-limit headers
     assert tokenmetry.stats().rate_limit_remaining == {f"anthropic/{CLAUDE}": expected_limits(exhausted)}
-    assert gauge(otel) == {(ANTHROPIC, CLAUDE, kind): 0
-                           for kind in ("requests", "tokens", "input_tokens", "output_tokens")}
+    assert rate_limit_gauge(otel) == {(ANTHROPIC, CLAUDE, kind): 0
+                                      for kind in ("requests", "tokens", "input_tokens", "output_tokens")}
 
 
 def test_anthropic_rate_limit_headers_of_the_final_429(server: LocalAPIServer, otel: Any) -> None:
