@@ -30,7 +30,7 @@ from typing import Any
 from ..call import Call, current_call, recorder
 from ..streams import ChunkReader
 from ..telemetry import stand_in_span, without_usage
-from .base import Endpoint, Patch, Target
+from .base import Endpoint, Patch, RateLimitHeaders, RateLimitTable, Target
 from .stainless import StainlessAdapter, _failed
 
 __all__ = ["AnthropicAdapter", "adapter", "COUNT_TOKENS_ATTRIBUTE", "read_ratelimit_headers"]
@@ -200,28 +200,19 @@ MESSAGES = Endpoint("chat", _read_message)
 COUNT_TOKENS = Endpoint("count_tokens", _read_token_count)
 
 # (header, key in call.rate_limits, parser): "remaining_tokens" etc., as the telemetry gauge reads them
-_RATE_LIMIT_HEADERS: tuple[tuple[str, str, Any], ...] = tuple(
+_RATE_LIMIT_HEADERS: RateLimitTable = tuple(
     (f"anthropic-ratelimit-{kind.replace('_', '-')}-{field}", f"{field}_{kind}",
      str if field == "reset" else int)
     for kind in ("requests", "tokens", "input_tokens", "output_tokens")
     for field in ("remaining", "limit", "reset")
 )
 
-
-def read_ratelimit_headers(call: Call, headers: Any) -> None:
-    """``anthropic-ratelimit-*`` headers into ``call.rate_limits`` (``remaining_tokens``, ...)."""
-    if headers.get("anthropic-ratelimit-requests-remaining") is None and \
-            headers.get("anthropic-ratelimit-tokens-remaining") is None:
-        return  # not the Anthropic API (Vertex AI, Bedrock, a proxy): spare the other lookups
-    values: dict[str, Any] = {}
-    for header, key, parse in _RATE_LIMIT_HEADERS:
-        raw = headers.get(header)
-        if raw is not None:
-            try:
-                values[key] = parse(raw)
-            except ValueError:
-                continue
-    call.rate_limits = values
+#: ``anthropic-ratelimit-*`` headers into ``call.rate_limits`` (``remaining_tokens``, ...); a response
+#: without either probe is not from the Anthropic API (Vertex AI, Bedrock, a proxy)
+read_ratelimit_headers = RateLimitHeaders(
+    _RATE_LIMIT_HEADERS,
+    probes=("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-tokens-remaining"),
+)
 
 
 # ----------------------------------------------------------------------------- the SDK's own spans

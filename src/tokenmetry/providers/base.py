@@ -12,7 +12,10 @@ from typing import Any
 
 from ..call import Call
 
-__all__ = ["Endpoint", "Target", "Patch"]
+__all__ = ["Endpoint", "Target", "Patch", "RateLimitHeaders", "RateLimitTable"]
+
+#: (header name, lower-case; key in ``call.rate_limits``; parser of the header's text)
+RateLimitTable = tuple[tuple[str, str, Callable[[str], Any]], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +45,69 @@ class Patch:
     owner: Any
     name: str
     wrapper: Callable[..., Any]
+
+
+class RateLimitHeaders:
+    """Reads a vendor's rate-limit headers into ``call.rate_limits``; called as ``(call, headers)``.
+
+    ``table`` names each header, its key and its parser; a value the parser rejects (``ValueError``)
+    is left out. ``probes`` are headers of the table that every response of the vendor's own API
+    carries: without any of them (a proxy, another platform) ``call.rate_limits`` is left alone.
+    """
+
+    __slots__ = ("_names", "_probes", "_table")
+
+    def __init__(self, table: RateLimitTable, probes: tuple[str, ...]) -> None:
+        headers = [header for header, _, _ in table]
+        if not probes or not set(probes) <= set(headers):
+            raise ValueError("probe headers must be headers of the table")
+        self._table = table
+        self._probes = frozenset(probes)
+        # httpx2 keeps lower-case names as bytes: keyed by those, the header list is read in one pass
+        self._names = {header.encode(): header for header in headers}
+
+    def __call__(self, call: Call, headers: Any) -> None:
+        found = self._values(headers)
+        if self._probes.isdisjoint(found):
+            return
+        values: dict[str, Any] = {}
+        for header, key, parse in self._table:
+            raw = found.get(header)
+            if raw is not None:
+                try:
+                    values[key] = parse(raw)
+                except ValueError:
+                    continue
+        call.rate_limits = values
+
+    def _values(self, headers: Any) -> dict[str, str]:
+        """The table's headers that are present, each exactly as ``headers.get()`` gives it.
+
+        ``httpx2.Headers.get()`` walks every header (and raises and catches ``KeyError`` for a missing
+        one); a real response has about twenty headers, so one pass over the header list (lower-case
+        keys, as httpx2 keeps them) costs a fraction of a ``get()`` per name.
+        """
+        entries = getattr(headers, "_list", None)
+        if isinstance(entries, list):
+            names = self._names
+            try:
+                hits = [(names[key], value) for _, key, value in entries if key in names]
+            except (TypeError, ValueError):
+                hits = None  # not the (raw key, key, value) layout this was written for: ask get() instead
+            if hits is not None:
+                if not hits:
+                    return {}
+                encoding = headers.encoding
+                found: dict[str, str] = {}
+                for name, value in hits:
+                    text = value.decode(encoding)
+                    found[name] = text if name not in found else f"{found[name]}, {text}"  # as get() joins
+                return found
+        if all(headers.get(probe) is None for probe in self._probes):
+            return {}  # not the vendor's API: spare the other lookups
+        values = {}
+        for header, _, _ in self._table:
+            value = headers.get(header)
+            if value is not None:
+                values[header] = value
+        return values

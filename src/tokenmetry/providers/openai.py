@@ -9,11 +9,12 @@ chunk (``choices == []``) is then withheld, so the user iterates exactly what th
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..call import Call, recorder
-from .base import Endpoint, Target
+from ..streams import ChunkReader
+from .base import Endpoint, RateLimitHeaders, RateLimitTable, Target
 from .stainless import StainlessAdapter
 
 __all__ = ["OpenAIAdapter", "provider_for_host"]
@@ -63,22 +64,6 @@ def _read_completion_usage(call: Call, usage: Any) -> None:
     )
 
 
-def _read_chat(call: Call, completion: Any) -> None:
-    call.response_id = completion.id
-    call.response_model = completion.model
-    for choice in completion.choices:
-        if choice.finish_reason:
-            call.finish_reasons.append(choice.finish_reason)
-    usage = completion.usage
-    if usage is not None:
-        _read_completion_usage(call, usage)
-    else:
-        for choice in completion.choices:
-            content = choice.message.content if choice.message is not None else None
-            if content:
-                call.add_text(content)
-
-
 def _unset_injected_usage(chunk: Any) -> None:
     """Once usage is asked for, the API sends ``"usage": null`` on every chunk: when tokenmetry asked,
     mark the field unset again so the chunk serialises (``to_dict()``, ``exclude_unset``) as it would
@@ -86,63 +71,58 @@ def _unset_injected_usage(chunk: Any) -> None:
     chunk.__pydantic_fields_set__.discard("usage")
 
 
-def _read_chat_chunk(call: Call, chunk: Any) -> bool:
-    usage = chunk.usage
-    if usage is not None:
-        _read_completion_usage(call, usage)  # the last non-null usage wins
-    elif call.withhold_usage_chunk:
-        _unset_injected_usage(chunk)
-    choices = chunk.choices
-    if not choices:
-        # the usage-only chunk we asked for on the user's behalf; anything else passes
-        return usage is None or not call.withhold_usage_chunk
-    if call.response_id is None:
-        call.response_id = chunk.id
-        call.response_model = chunk.model
-    for choice in choices:
-        delta = choice.delta
-        if delta is not None:
-            content = delta.content
-            if content:
-                call.add_text(content)
-        if choice.finish_reason:
-            call.finish_reasons.append(choice.finish_reason)
-    return True
+# /chat/completions and /completions differ only in where a choice keeps its text: a chat choice in
+# ``message.content`` (``delta.content`` in a chunk), a text-completion choice in ``text``. The readers
+# are made once per endpoint and test ``chat`` inline: a chunk reader runs for every chunk, and a
+# text getter passed in would cost a call per choice.
+def _completion_readers(chat: bool) -> tuple[Callable[[Call, Any], None], ChunkReader]:
+    """The response and chunk readers of /chat/completions (``chat``) or /completions."""
 
-
-def _read_text_completion(call: Call, completion: Any) -> None:
-    call.response_id = completion.id
-    call.response_model = completion.model
-    for choice in completion.choices:
-        if choice.finish_reason:
-            call.finish_reasons.append(choice.finish_reason)
-    usage = completion.usage
-    if usage is not None:
-        _read_completion_usage(call, usage)
-    else:
+    def read_completion(call: Call, completion: Any) -> None:
+        call.response_id = completion.id
+        call.response_model = completion.model
         for choice in completion.choices:
-            if choice.text:
-                call.add_text(choice.text)
+            if choice.finish_reason:
+                call.finish_reasons.append(choice.finish_reason)
+        usage = completion.usage
+        if usage is not None:
+            _read_completion_usage(call, usage)
+            return
+        for choice in completion.choices:  # no usage: keep the text for an estimate
+            if chat:
+                message = choice.message
+                text = message.content if message is not None else None
+            else:
+                text = choice.text
+            if text:
+                call.add_text(text)
 
+    def read_completion_chunk(call: Call, chunk: Any) -> bool:
+        usage = chunk.usage
+        if usage is not None:
+            _read_completion_usage(call, usage)  # the last non-null usage wins
+        elif call.withhold_usage_chunk:
+            _unset_injected_usage(chunk)
+        choices = chunk.choices
+        if not choices:
+            # the usage-only chunk we asked for on the user's behalf; anything else passes
+            return usage is None or not call.withhold_usage_chunk
+        if call.response_id is None:
+            call.response_id = chunk.id
+            call.response_model = chunk.model
+        for choice in choices:
+            if chat:
+                delta = choice.delta
+                text = delta.content if delta is not None else None
+            else:
+                text = choice.text
+            if text:
+                call.add_text(text)
+            if choice.finish_reason:
+                call.finish_reasons.append(choice.finish_reason)
+        return True
 
-def _read_text_completion_chunk(call: Call, chunk: Any) -> bool:
-    usage = chunk.usage
-    if usage is not None:
-        _read_completion_usage(call, usage)
-    elif call.withhold_usage_chunk:
-        _unset_injected_usage(chunk)
-    choices = chunk.choices
-    if not choices:
-        return usage is None or not call.withhold_usage_chunk
-    if call.response_id is None:
-        call.response_id = chunk.id
-        call.response_model = chunk.model
-    for choice in choices:
-        if choice.text:
-            call.add_text(choice.text)
-        if choice.finish_reason:
-            call.finish_reasons.append(choice.finish_reason)
-    return True
+    return read_completion, read_completion_chunk
 
 
 def _read_embeddings(call: Call, response: Any) -> None:
@@ -262,9 +242,8 @@ def _ask_for_stream_usage(call: Call, body: Mapping[str, Any]) -> Mapping[str, A
     return {**body, "stream_options": stream_options}
 
 
-CHAT = Endpoint("chat", _read_chat, _read_chat_chunk, _ask_for_stream_usage)
-TEXT_COMPLETION = Endpoint("text_completion", _read_text_completion, _read_text_completion_chunk,
-                           _ask_for_stream_usage)
+CHAT = Endpoint("chat", *_completion_readers(chat=True), _ask_for_stream_usage)
+TEXT_COMPLETION = Endpoint("text_completion", *_completion_readers(chat=False), _ask_for_stream_usage)
 EMBEDDINGS = Endpoint("embeddings", _read_embeddings)
 RESPONSES = Endpoint("chat", _read_created, _read_response_event)
 RETRIEVED_RESPONSE = Endpoint("chat", _read_retrieved, _read_retrieved_event)
@@ -276,7 +255,8 @@ _POST_ENDPOINTS = {
     "/responses": RESPONSES,
 }
 
-_RATE_LIMIT_HEADERS = (
+# (header, key in call.rate_limits, parser): "remaining_tokens" etc., as the telemetry gauge reads them
+_RATE_LIMIT_HEADERS: RateLimitTable = (
     ("x-ratelimit-remaining-requests", "remaining_requests", int),
     ("x-ratelimit-remaining-tokens", "remaining_tokens", int),
     ("x-ratelimit-limit-requests", "limit_requests", int),
@@ -285,55 +265,10 @@ _RATE_LIMIT_HEADERS = (
     ("x-ratelimit-reset-tokens", "reset_tokens", str),
 )
 
-
-_RATE_LIMIT_NAMES = {header.encode(): header for header, _, _ in _RATE_LIMIT_HEADERS}
-
-
-def _rate_limit_values(headers: Any) -> dict[str, str]:
-    """The ``x-ratelimit-*`` headers tokenmetry reads, each exactly as ``headers.get()`` gives it.
-
-    ``httpx2.Headers.get()`` walks every header (and raises and catches ``KeyError`` for a missing
-    one); a real response has about twenty headers, so one pass over the header list (lower-case
-    keys, as httpx2 keeps them) costs a fraction of a ``get()`` per name.
-    """
-    entries = getattr(headers, "_list", None)
-    if isinstance(entries, list):
-        names = _RATE_LIMIT_NAMES
-        try:
-            hits = [(names[key], value) for _, key, value in entries if key in names]
-        except (TypeError, ValueError):
-            hits = None  # not the (raw key, key, value) layout this was written for: ask get() instead
-        if hits is not None:
-            if not hits:
-                return {}
-            encoding = headers.encoding
-            found: dict[str, str] = {}
-            for name, value in hits:
-                text = value.decode(encoding)
-                found[name] = text if name not in found else f"{found[name]}, {text}"  # as get() joins
-            return found
-    values = {}
-    for header, _, _ in _RATE_LIMIT_HEADERS:
-        value = headers.get(header)
-        if value is not None:
-            values[header] = value
-    return values
-
-
-def read_ratelimit_headers(call: Call, headers: Any) -> None:
-    """``x-ratelimit-*`` headers (OpenAI and most compatible vendors) into ``call.rate_limits``."""
-    found = _rate_limit_values(headers)
-    if "x-ratelimit-remaining-requests" not in found and "x-ratelimit-remaining-tokens" not in found:
-        return
-    values: dict[str, Any] = {}
-    for header, key, kind in _RATE_LIMIT_HEADERS:
-        raw = found.get(header)
-        if raw is not None:
-            try:
-                values[key] = kind(raw)
-            except ValueError:
-                continue
-    call.rate_limits = values
+#: ``x-ratelimit-*`` headers (OpenAI and most compatible vendors) into ``call.rate_limits``
+read_ratelimit_headers = RateLimitHeaders(
+    _RATE_LIMIT_HEADERS, probes=("x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens"),
+)
 
 
 class OpenAIAdapter(StainlessAdapter):

@@ -932,42 +932,38 @@ def _responses_events(final: Mapping[str, Any]) -> list[SSEEvent]:
     return events
 
 
+def _responses_answer(a: _Answer, final: Mapping[str, Any], events: list[SSEEvent] | None,
+                      **fields: Any) -> SentResponse:
+    """``final`` sent as JSON, or, given ``events``, as that SSE stream: what create and retrieve share."""
+    usage = final["usage"]
+    fields.update(usage=usage, model=final["model"], response_id=final["id"])
+    if events is None:
+        return a.response(json=final, **fields)
+    return a.response(stream=True, events=events, usage_pieces=[usage] if usage else [], **fields)
+
+
 def _openai_responses(a: _Answer) -> SentResponse:
     final = _responses_object(a)
     a.server._store_response(final)
-    common = {
-        "usage": final["usage"],
-        "text": final["output"][0]["content"][0]["text"],
-        "model": final["model"],
-        "response_id": final["id"],
-    }
-    if not a.request.stream:
-        return a.response(json=final, **common)
-    return a.response(
-        stream=True,
-        events=_responses_events(final),
-        usage_pieces=[final["usage"]] if final["usage"] else [],
-        **common,
-    )
+    events = _responses_events(final) if a.request.stream else None
+    return _responses_answer(a, final, events, text=final["output"][0]["content"][0]["text"])
 
 
 def _openai_responses_retrieve(a: _Answer) -> SentResponse:
     final = a.server._stored_response(a.request.path.rstrip("/").rsplit("/", 1)[-1])
     if final is None:
         return _error(a, 404, "No response found with that id.")
-    common = {"usage": final["usage"], "model": final["model"], "response_id": final["id"]}
     if a.request.method == "DELETE":
         a.server._delete_response(final["id"])
-        return a.response(json={"id": final["id"], "object": "response.deleted", "deleted": True}, **common)
+        deleted = {"id": final["id"], "object": "response.deleted", "deleted": True}
+        return a.response(json=deleted, usage=final["usage"], model=final["model"], response_id=final["id"])
     if not a.request.stream:
-        return a.response(json=final, **common)
+        return _responses_answer(a, final, None)
     events = _responses_events(final)
-    after = a.request.query.get("starting_after")
+    after = a.request.query.get("starting_after")  # a resumed stream: the events after that one
     if after is not None and after.lstrip("-").isdigit():
         events = [e for e in events if e.data["sequence_number"] > int(after)]
-    return a.response(
-        stream=True, events=events, usage_pieces=[final["usage"]] if final["usage"] else [], **common
-    )
+    return _responses_answer(a, final, events)
 
 
 # ---- Anthropic ------------------------------------------------------------------------------------
