@@ -409,3 +409,26 @@ def test_rate_window_drops_tokens_older_than_what_a_bucket_holds() -> None:
     assert window.total(1_000_120.9) == 10
     window.add(5, 1_000_119.0)  # a second still in the window
     assert window.total(1_000_120.9) == 15
+
+
+def test_rate_limits_are_read_when_asked_and_the_newest_figure_of_each_kind_wins(server: LocalAPIServer,
+                                                                                client: Any) -> None:
+    """Responses' rate-limit headers are kept unread until stats() asks; then each kind takes its
+    value from the newest response that carried it, and responses without the vendor's headers
+    change nothing."""
+    tokenmetry.instrument()
+    server.default_headers.update({**RATE_LIMIT_HEADERS, "x-ratelimit-reset-requests": "120ms"})
+    ask(client, 3)
+    server.default_headers.clear()
+    server.enqueue("openai.chat", Reply(headers={"x-ratelimit-remaining-requests": "498",
+                                                 "x-ratelimit-remaining-tokens": "not-a-number"}))
+    ask(client, 4)
+    ask(client, 5)  # no rate-limit headers at all: a proxy, or another platform
+    assert tokenmetry.stats().rate_limit_remaining == {f"openai/{CHAT_MODEL}": {
+        "remaining_requests": 498, "remaining_tokens": 199950, "limit_requests": 500, "limit_tokens": 200000,
+        "reset_requests": "120ms"}}
+    server.enqueue("openai.chat", Reply(headers={"x-ratelimit-remaining-tokens": "150000"}))
+    ask(client, 6)
+    assert tokenmetry.stats().by_model[f"openai/{CHAT_MODEL}"].rate_limit_remaining == {
+        "remaining_requests": 498, "remaining_tokens": 150000, "limit_requests": 500, "limit_tokens": 200000,
+        "reset_requests": "120ms"}

@@ -108,9 +108,10 @@ class Call:
         self.output_pending = False
         self.error_id: int | None = None
         self._record: CallRecord | None = None
-        # the successful response's headers, read for rate limits when the call is applied
+        # the successful response's headers, unread, and their parser (a RateLimitHeaders): the
+        # statistics read the newest ones when asked for rate limits
         self.headers: Any = None
-        self.header_reader: Callable[[Call, Any], None] | None = None
+        self.header_reader: Any = None
         self.priced = False  # cost settled (None included: unknown model, or no tokens)
 
     def set_usage(self, input_tokens: int, output_tokens: int, cache_read: int | None = None,
@@ -394,21 +395,13 @@ class Recorder:
             if call.input_tokens or call.output_tokens:
                 price = self._price
                 call.cost = price(call, self.options) if price is not None else self._cost(call)
-        headers = call.headers
-        if headers is not None:
-            call.headers = None
-            reader = call.header_reader
-            if reader is not None:
-                try:
-                    reader(call, headers)
-                except Exception:  # unreadable rate-limit headers must not lose the call's usage
-                    logger.debug("tokenmetry: reading rate-limit headers failed", exc_info=True)
-                    warn_once("headers", "tokenmetry: could not read rate-limit headers (further "
-                              "failures of this kind are logged at DEBUG)")
         call.session._add(call)
         stats.add(call)
-        if call.rate_limits:
-            stats.note_rate_limits(call.provider, call.response_model or call.request_model, call.rate_limits)
+        headers = call.headers
+        if headers is not None or call.rate_limits:
+            call.headers = None  # read by the statistics when asked, newest first
+            stats.note_rate_limits(call.provider, call.response_model or call.request_model, call.rate_limits,
+                                   call.header_reader, headers)
 
     def _fill_estimate(self, call: Call) -> None:
         estimate = self._estimate

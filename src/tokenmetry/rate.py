@@ -7,6 +7,7 @@ it decays to 0 when idle and its memory is O(window), whatever the call rate.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from .call import Call
 
 __all__ = ["RateWindow", "ProcessStats"]
+
+logger = logging.getLogger("tokenmetry")
+_UNREAD_MAX = 64  # responses kept unread per provider/model before their headers are read anyway
 
 
 class RateWindow:
@@ -56,7 +60,7 @@ class RateWindow:
 
 
 class _Tally:
-    """Running totals for one key (the process, a provider, or a provider/model pair)."""
+    """Running totals of one provider/model pair (or, summed at read time, a provider or the process)."""
 
     __slots__ = (
         "requests", "errors", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s",
@@ -75,6 +79,30 @@ class _Tally:
 
     def work_rate_tpm(self) -> float:
         return 60.0 * (self.input + self.output) / self.busy_s if self.busy_s > 0 else 0.0
+
+    def absorb(self, other: _Tally) -> None:
+        """Add ``other``'s totals and window into this one (both have the same window length)."""
+        self.requests += other.requests
+        self.errors += other.errors
+        self.retries += other.retries
+        self.throttle_events += other.throttle_events
+        self.throttle_wait_s += other.throttle_wait_s
+        self.retry_wait_s += other.retry_wait_s
+        self.busy_s += other.busy_s
+        self.input += other.input
+        self.output += other.output
+        for name in ("cache_read", "cache_write", "reasoning", "tool"):
+            theirs = getattr(other, name)
+            if theirs is not None:
+                setattr(self, name, (getattr(self, name) or 0) + theirs)
+        window, seconds, tokens = self.window, other.window._seconds, other.window._tokens
+        for index, second in enumerate(seconds):
+            held = window._seconds[index]
+            if second == held:
+                window._tokens[index] += tokens[index]
+            elif second > held:  # a bucket's older second is a whole window older: out of the window
+                window._seconds[index] = second
+                window._tokens[index] = tokens[index]
 
     def usage(self) -> Usage:
         return Usage(self.input, self.output, self.cache_read, self.cache_write, self.reasoning, self.tool)
@@ -99,109 +127,109 @@ def model_key(provider: str, model: str | None) -> str:
 
 
 class ProcessStats:
-    """The sink behind :func:`tokenmetry.stats`: one lock, three tallies per call."""
+    """The sink behind :func:`tokenmetry.stats`: one lock, one tally per (provider, model); the
+    provider and process figures are their sums, made when read."""
 
     def __init__(self, window_s: int = 60) -> None:
         self._lock = threading.Lock()
         self._window_s = window_s
-        self._process = _Tally(window_s)
-        self._providers: dict[str, _Tally] = {}
         self._models: dict[tuple[str, str | None], _Tally] = {}
         # latest rate-limit header values per "provider/model"
         self._rate_limits: dict[str, dict[str, Any]] = {}
+        # responses whose headers are not read yet, oldest first: (parser, headers, values read already)
+        self._unread: dict[str, list[tuple[Any, Any, dict[str, Any] | None]]] = {}
 
     def add(self, call: Call) -> None:
-        """Add a finished call to the process, its provider and its (provider, model) tallies."""
-        now = call.started_at + call.duration_s  # the call's end: the tokens-per-minute second
-        name = call.provider
-        model = call.response_model or call.request_model
-        # every call passes here: read the call once, then update the three tallies in one loop
-        failed = call.error_type is not None
-        retries = call.retries
-        throttle_events = call.throttle_events
-        throttle_wait_s = call.throttle_wait_s
-        retry_wait_s = call.retry_wait_s
-        input_tokens = call.input_tokens
-        output_tokens = call.output_tokens
-        tokens = input_tokens + output_tokens
-        duration_s = call.duration_s
-        cache_read = call.cache_read_tokens
-        cache_write = call.cache_write_tokens
-        reasoning = call.reasoning_tokens
-        tool = call.tool_tokens
-        second = int(now)  # the TPM bucket, the same in the three windows (they share window_s)
-        index = second % self._window_s
+        """Add a finished call to its (provider, model) tally."""
+        key = (call.provider, call.response_model or call.request_model)
+        tokens = call.input_tokens + call.output_tokens
         with self._lock:
-            provider = self._providers.get(name)
-            if provider is None:
-                provider = self._providers[name] = _Tally(self._window_s)
-            key = (name, model)
-            per_model = self._models.get(key)
-            if per_model is None:
-                per_model = self._models[key] = _Tally(self._window_s)
-            for tally in (self._process, provider, per_model):
-                tally.requests += 1
-                if failed:
-                    tally.errors += 1
-                tally.retries += retries
-                tally.throttle_events += throttle_events
-                tally.throttle_wait_s += throttle_wait_s
-                tally.retry_wait_s += retry_wait_s
-                tally.input += input_tokens
-                tally.output += output_tokens
-                if cache_read is not None:
-                    tally.cache_read = (tally.cache_read or 0) + cache_read
-                if cache_write is not None:
-                    tally.cache_write = (tally.cache_write or 0) + cache_write
-                if reasoning is not None:
-                    tally.reasoning = (tally.reasoning or 0) + reasoning
-                if tool is not None:
-                    tally.tool = (tally.tool or 0) + tool
-                if tokens:  # work rate is throughput while producing tokens: token counting is not work
-                    tally.busy_s += duration_s
-                    window = tally.window  # RateWindow.add, inlined
-                    held = window._seconds[index]
-                    if held != second:
-                        if held > second:
-                            continue  # out of the window already
-                        window._seconds[index] = second
-                        window._tokens[index] = tokens
-                    else:
-                        window._tokens[index] += tokens
+            tally = self._models.get(key)
+            if tally is None:
+                tally = self._models[key] = _Tally(self._window_s)
+            tally.requests += 1
+            if call.error_type is not None:
+                tally.errors += 1
+            tally.retries += call.retries
+            tally.throttle_events += call.throttle_events
+            tally.throttle_wait_s += call.throttle_wait_s
+            tally.retry_wait_s += call.retry_wait_s
+            tally.input += call.input_tokens
+            tally.output += call.output_tokens
+            if call.cache_read_tokens is not None:
+                tally.cache_read = (tally.cache_read or 0) + call.cache_read_tokens
+            if call.cache_write_tokens is not None:
+                tally.cache_write = (tally.cache_write or 0) + call.cache_write_tokens
+            if call.reasoning_tokens is not None:
+                tally.reasoning = (tally.reasoning or 0) + call.reasoning_tokens
+            if call.tool_tokens is not None:
+                tally.tool = (tally.tool or 0) + call.tool_tokens
+            if tokens:  # work rate is throughput while producing tokens: token counting is not work
+                tally.busy_s += call.duration_s
+                tally.window.add(tokens, call.started_at + call.duration_s)  # the call's end
 
     def add_retry(self, provider: str, model: str | None, slept_s: float, cause: str) -> None:
         """A wait of a retry loop around whole calls (no call of its own to carry it)."""
         with self._lock:
-            tallies = [self._process]
-            provider_tally = self._providers.get(provider)
-            if provider_tally is None:
-                provider_tally = self._providers[provider] = _Tally(self._window_s)
-            tallies.append(provider_tally)
-            model_tally = self._models.get((provider, model))
-            if model_tally is None:
-                model_tally = self._models[(provider, model)] = _Tally(self._window_s)
-            tallies.append(model_tally)
-            for tally in tallies:
-                tally.retries += 1
-                if cause == "throttle":
-                    tally.throttle_events += 1
-                    tally.throttle_wait_s += slept_s
-                else:
-                    tally.retry_wait_s += slept_s
-
-    def note_rate_limits(self, provider: str, model: str | None, values: dict[str, Any]) -> None:
-        """Keep the latest rate-limit figures a response's headers gave for ``provider/model``."""
-        key = f"{provider}/{model or 'unknown'}"  # model_key(), inlined: once per call
-        with self._lock:
-            current = self._rate_limits.get(key)
-            if current is None:
-                self._rate_limits[key] = dict(values)
+            tally = self._models.get((provider, model))
+            if tally is None:
+                tally = self._models[(provider, model)] = _Tally(self._window_s)
+            tally.retries += 1
+            if cause == "throttle":
+                tally.throttle_events += 1
+                tally.throttle_wait_s += slept_s
             else:
-                current.update(values)
+                tally.retry_wait_s += slept_s
+
+    def note_rate_limits(self, provider: str, model: str | None, values: dict[str, Any] | None,
+                         parser: Any = None, headers: Any = None) -> None:
+        """Keep a response's rate-limit figures for ``provider/model``: ``values`` already read, or
+        the response's ``headers`` that ``parser`` (a ``RateLimitHeaders``) reads when someone asks
+        (``values`` stand in when the headers carry none). The latest figure of each kind wins."""
+        key = f"{provider}/{model or 'unknown'}"  # model_key(), inlined: once per call
+        entry = (parser, headers, values)
+        with self._lock:
+            unread = self._unread.get(key)
+            if unread is None:
+                self._unread[key] = [entry]
+            else:
+                unread.append(entry)
+                if len(unread) >= _UNREAD_MAX:
+                    self._read_headers()
+
+    def _read_headers(self) -> None:
+        """Merge the unread responses into the latest figures (holding the lock). Newest first: once
+        a response gave every kind its parser knows, the older ones cannot change anything."""
+        for key, entries in self._unread.items():
+            newest: dict[str, Any] = {}
+            for parser, headers, values in reversed(entries):
+                found = values
+                if parser is not None:
+                    try:
+                        parsed = parser.parse(headers)
+                    except Exception:  # unreadable headers must not break a reader of the statistics
+                        logger.debug("tokenmetry: reading rate-limit headers failed", exc_info=True)
+                        parsed = None
+                    if parsed is not None:
+                        found = parsed
+                if found:
+                    for kind, value in found.items():
+                        if kind not in newest:
+                            newest[kind] = value
+                    if parser is not None and len(newest) >= parser.size:
+                        break
+            if newest:
+                current = self._rate_limits.get(key)
+                if current is None:
+                    self._rate_limits[key] = newest
+                else:
+                    current.update(newest)
+        self._unread.clear()
 
     def rate_limits(self) -> dict[str, dict[str, Any]]:
         apply_pending()
         with self._lock:
+            self._read_headers()
             return {k: dict(v) for k, v in self._rate_limits.items()}
 
     def tokens_per_minute(self) -> list[tuple[str, str | None, float]]:
@@ -215,16 +243,23 @@ class ProcessStats:
         apply_pending()
         now = time.time()
         with self._lock:
+            self._read_headers()
             limits = {k: dict(v) for k, v in self._rate_limits.items()}
-            by_provider = {
-                name: tally.stats(now, {k: v for k, v in limits.items() if k.startswith(name + "/")})
-                for name, tally in self._providers.items()
-            }
+            process = _Tally(self._window_s)
+            providers: dict[str, _Tally] = {}
             by_model = {}
             for (provider, model), tally in self._models.items():
                 key = model_key(provider, model)
                 by_model[key] = tally.stats(now, limits.get(key))
-            process = self._process
+                process.absorb(tally)
+                provider_tally = providers.get(provider)
+                if provider_tally is None:
+                    provider_tally = providers[provider] = _Tally(self._window_s)
+                provider_tally.absorb(tally)
+            by_provider = {
+                name: tally.stats(now, {k: v for k, v in limits.items() if k.startswith(name + "/")})
+                for name, tally in providers.items()
+            }
             return PerformanceSnapshot(
                 tokens_per_minute=process.window.per_minute(now),
                 work_rate_tpm=process.work_rate_tpm(),
@@ -243,7 +278,6 @@ class ProcessStats:
     def reset(self) -> None:
         apply_pending()
         with self._lock:
-            self._process = _Tally(self._window_s)
-            self._providers.clear()
             self._models.clear()
             self._rate_limits.clear()
+            self._unread.clear()

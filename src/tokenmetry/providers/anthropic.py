@@ -255,6 +255,7 @@ _COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 class AnthropicAdapter(StainlessAdapter):
     package = "anthropic"
     name = "anthropic"
+    rate_limit_headers = read_ratelimit_headers
 
     def available(self) -> bool:
         if not super().available():
@@ -342,9 +343,6 @@ class AnthropicAdapter(StainlessAdapter):
         if not isinstance(provider, str) or not provider:
             provider = "anthropic"
         return Target(provider, host, port)
-
-    def read_headers(self, call: Call, headers: Any) -> None:
-        read_ratelimit_headers(call, headers)
 
 
 adapter = AnthropicAdapter()

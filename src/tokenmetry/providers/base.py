@@ -25,7 +25,7 @@ class Endpoint:
     operation: str  # gen_ai.operation.name
     read_response: Callable[[Call, Any], None]
     read_chunk: Callable[[Call, Any], bool] | None = None  # False: withhold the chunk from the user
-    # called with (call, request body) before the request is sent; may return a replacement body
+    # called with (call, request body) before a streamed request is sent; may return a replacement body
     prepare: Callable[[Call, Mapping[str, Any]], Mapping[str, Any] | None] | None = None
 
 
@@ -55,7 +55,7 @@ class RateLimitHeaders:
     carries: without any of them (a proxy, another platform) ``call.rate_limits`` is left alone.
     """
 
-    __slots__ = ("_names", "_probes", "_table")
+    __slots__ = ("_names", "_probes", "_table", "size")
 
     def __init__(self, table: RateLimitTable, probes: tuple[str, ...]) -> None:
         headers = [header for header, _, _ in table]
@@ -65,11 +65,18 @@ class RateLimitHeaders:
         self._probes = frozenset(probes)
         # httpx2 keeps lower-case names as bytes: keyed by those, the header list is read in one pass
         self._names = {header.encode(): header for header in headers}
+        self.size = len(table)  # how many keys a response can give at most
 
     def __call__(self, call: Call, headers: Any) -> None:
+        values = self.parse(headers)
+        if values is not None:
+            call.rate_limits = values
+
+    def parse(self, headers: Any) -> dict[str, Any] | None:
+        """The figures these headers give, or None when they are not the vendor's (no probe)."""
         found = self._values(headers)
         if self._probes.isdisjoint(found):
-            return
+            return None
         values: dict[str, Any] = {}
         for header, key, parse in self._table:
             raw = found.get(header)
@@ -78,7 +85,7 @@ class RateLimitHeaders:
                     values[key] = parse(raw)
                 except ValueError:
                     continue
-        call.rate_limits = values
+        return values
 
     def _values(self, headers: Any) -> dict[str, str]:
         """The table's headers that are present, each exactly as ``headers.get()`` gives it.

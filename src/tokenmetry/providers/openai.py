@@ -274,6 +274,7 @@ read_ratelimit_headers = RateLimitHeaders(
 class OpenAIAdapter(StainlessAdapter):
     package = "openai"
     name = "openai"
+    rate_limit_headers = read_ratelimit_headers
     helper_streams = (
         "openai.lib.streaming.chat._completions:ChatCompletionStream",
         "openai.lib.streaming.chat._completions:AsyncChatCompletionStream",
@@ -298,9 +299,6 @@ class OpenAIAdapter(StainlessAdapter):
         if any(cls is not None and isinstance(client, cls) for cls in azure):
             return Target("azure.ai.openai", host, port)
         return Target(provider_for_host(host or ""), host, port)
-
-    def read_headers(self, call: Call, headers: Any) -> None:
-        read_ratelimit_headers(call, headers)
 
 
 adapter = OpenAIAdapter()

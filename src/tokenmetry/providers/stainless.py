@@ -25,7 +25,7 @@ from ..errors import BudgetExceeded
 from ..patching import bind
 from ..retries import retry_after_seconds, retry_cause
 from ..streams import ChunkReader, aobserve, observe
-from .base import Endpoint, Patch, Target
+from .base import Endpoint, Patch, RateLimitHeaders, Target
 
 __all__ = ["StainlessAdapter", "retry_after_seconds", "retry_cause"]
 
@@ -33,6 +33,10 @@ _perf = time.perf_counter
 # set while a retry sleep is being measured: with instrument() and wrap() both on a client, the
 # instance-level and class-level hooks nest, and only the outer one may note the sleep
 _sleep_noted: contextvars.ContextVar[bool] = contextvars.ContextVar("tokenmetry_sleep_noted", default=False)
+
+
+# what a request returned (see StainlessAdapter._settle)
+_PARSED, _RAW, _SYNC_STREAM, _ASYNC_STREAM = "parsed", "raw", "sync stream", "async stream"
 
 
 class StainlessAdapter:
@@ -43,6 +47,7 @@ class StainlessAdapter:
 
     def __init__(self) -> None:
         self._tracked_classes: dict[type, type] = {}
+        self._result_kinds: dict[type, str] = {}
         self.sdk: Any = None
 
     # ----------------------------------------------------------------- to fill in per vendor
@@ -53,8 +58,14 @@ class StainlessAdapter:
     def target(self, client: Any) -> Target:
         raise NotImplementedError
 
+    #: the vendor's rate-limit headers (None: it sends none tokenmetry reads)
+    rate_limit_headers: RateLimitHeaders | None = None
+
     def read_headers(self, call: Call, headers: Any) -> None:
-        """Read rate-limit headers of a successful response (optional)."""
+        """Read the rate-limit headers of a failed attempt's response into the call at once."""
+        parser = self.rate_limit_headers
+        if parser is not None:
+            parser(call, headers)
 
     def chunk_reader(self, endpoint: Endpoint, call: Call) -> ChunkReader:
         """The reader of one stream's chunks. An adapter whose usage builds up over a stream's
@@ -64,7 +75,7 @@ class StainlessAdapter:
     def request_facts(self, options: Any) -> tuple[str | None, bool, Any]:
         """(request model, stream, body) of a request."""
         body = options.json_data
-        if isinstance(body, Mapping):
+        if type(body) is dict or isinstance(body, Mapping):
             return body.get("model"), bool(body.get("stream")), body
         params = options.params
         stream = isinstance(params, Mapping) and str(params.get("stream")).lower() == "true"
@@ -79,6 +90,7 @@ class StainlessAdapter:
             self._streaming = importlib.import_module(f"{self.package}._streaming")
         except ImportError:
             return False
+        self._result_kinds = {}  # classes of the modules just (re)loaded
         try:  # openai still has the legacy raw-response class; anthropic 2.x no longer does
             self._legacy_response_class = importlib.import_module(
                 f"{self.package}._legacy_response").LegacyAPIResponse
@@ -143,7 +155,7 @@ class StainlessAdapter:
         model, stream, body = self.request_facts(options)
         call = recorder.begin(target.provider, endpoint.operation, model, stream,
                               target.server_address, target.server_port, body)
-        if endpoint.prepare is not None and isinstance(body, Mapping) and not _reads_raw_bytes(options):
+        if stream and endpoint.prepare is not None and isinstance(body, Mapping) and not _reads_raw_bytes(options):
             replacement = endpoint.prepare(call, body)
             if replacement is not None:
                 options.json_data = replacement
@@ -217,22 +229,33 @@ class StainlessAdapter:
     def _settle(self, result: Any, endpoint: Endpoint, call: Call) -> Any:
         """Account a parsed result now; hook a stream or a raw response to account it later."""
         try:
-            streaming = self._streaming
-            if isinstance(result, streaming.Stream):
-                self._track_stream(result, endpoint, call, is_async=False)
-            elif isinstance(result, streaming.AsyncStream):
-                self._track_stream(result, endpoint, call, is_async=True)
-            elif isinstance(result, self._response.BaseAPIResponse):
-                self._track_raw(result, endpoint, call)
-            elif self._legacy_response_class is not None and isinstance(result, self._legacy_response_class):
-                self._track_raw(result, endpoint, call)
-            else:
+            kind = self._result_kinds.get(type(result))
+            if kind is None:
+                kind = self._result_kinds[type(result)] = self._result_kind(type(result))
+            if kind is _PARSED:
                 endpoint.read_response(call, result)
                 recorder.finish(call)
+            elif kind is _RAW:
+                self._track_raw(result, endpoint, call)
+            else:
+                self._track_stream(result, endpoint, call, is_async=kind is _ASYNC_STREAM)
         except Exception:
             _failed("response")
             recorder.finish(call)
         return result
+
+    def _result_kind(self, cls: type) -> str:
+        """What a request's result of this class is (cached per class by :meth:`_settle`)."""
+        streaming = self._streaming
+        if issubclass(cls, streaming.Stream):
+            return _SYNC_STREAM
+        if issubclass(cls, streaming.AsyncStream):
+            return _ASYNC_STREAM
+        if issubclass(cls, self._response.BaseAPIResponse):
+            return _RAW
+        if self._legacy_response_class is not None and issubclass(cls, self._legacy_response_class):
+            return _RAW
+        return _PARSED
 
     def _track_stream(self, stream: Any, endpoint: Endpoint, call: Call, is_async: bool) -> None:
         read_chunk = self.chunk_reader(endpoint, call)
@@ -412,13 +435,13 @@ class StainlessAdapter:
     def _process_response(self, wrapped: Any, client: Any, args: tuple[Any, ...],
                           kwargs: dict[str, Any]) -> Any:
         call = current_call.get()
-        if call is not None:
+        if call is not None and self.rate_limit_headers is not None:
             response = kwargs.get("response")
             if response is not None:
-                # read when the call is applied (tokenmetry.pending): the last response's headers win
+                # kept unread: the statistics read the newest response's headers only when asked
                 try:
                     call.headers = response.headers
-                    call.header_reader = self.read_headers
+                    call.header_reader = self.rate_limit_headers
                 except Exception:
                     _failed("headers")
         return wrapped(*args, **kwargs)
