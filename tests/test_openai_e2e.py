@@ -606,6 +606,33 @@ def test_response_model_differs_from_request_model(server: LocalAPIServer, otel:
     assert span.attributes["gen_ai.response.model"] == "gpt-4o-2024-11-20"
 
 
+@pytest.mark.parametrize("tier", ["flex", "priority"])
+def test_service_tier_prices_the_call(server: LocalAPIServer, otel: Any, records: list[CallRecord],
+                                      tier: str) -> None:
+    """A call served at the flex or priority tier is billed at that tier's prices (genai-prices'
+    service_tier variants), plain, streamed and through the Responses API; the default tier at list
+    price. The tier is the one the response reports."""
+    tokenmetry.instrument(**otel.kwargs())
+    with openai_client(server) as client, tokenmetry.session("tiers") as session:
+        client.chat.completions.create(model="o3", messages=MESSAGES, service_tier=tier)
+        list(client.chat.completions.create(model="o3", messages=MESSAGES, service_tier=tier, stream=True))
+        client.responses.create(model="o3", input="hello", service_tier=tier)
+        client.chat.completions.create(model="o3", messages=MESSAGES)  # served at the default tier
+    assert [r.model for r in server.responses] == ["o3"] * 4
+    costs = []
+    for record, context in zip(records, [{"service_tier": tier}] * 3 + [None], strict=True):
+        cost = tokenmetry.price("o3", record.usage, provider="openai", price_context=context)
+        list_price = tokenmetry.price("o3", record.usage, provider="openai")
+        assert cost is not None and list_price is not None
+        assert record.cost == cost
+        if context is not None:
+            assert cost.amount != list_price.amount  # the tier really is priced differently
+        costs.append(cost)
+    assert session.cost == sum(costs)  # type: ignore[arg-type]
+    spans = otel.finished_spans()
+    assert [span.attributes["tokenmetry.cost.amount"] for span in spans] == [float(c.amount) for c in costs]
+
+
 def test_no_usage_in_response_is_estimated(server: LocalAPIServer, otel: Any, records: list[CallRecord]) -> None:
     from tokenmetry.counting import estimate_tokens, preload
 

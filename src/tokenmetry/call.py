@@ -58,7 +58,7 @@ class Call:
         "finish_reasons", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s", "retry_events",
         "error_type", "cost", "span", "request_body", "text_parts", "withhold_usage_chunk", "done",
         "reservation", "rate_limits", "attributes", "output_pending", "error_id", "_record",
-        "headers", "header_reader", "priced",
+        "headers", "header_reader", "priced", "price_context",
     )
 
     def __init__(self, provider: str, operation: str, request_model: str | None, stream: bool,
@@ -113,6 +113,8 @@ class Call:
         self.headers: Any = None
         self.header_reader: Any = None
         self.priced = False  # cost settled (None included: unknown model, or no tokens)
+        # what selects a price variant, as the response reports it (e.g. {"service_tier": "flex"})
+        self.price_context: dict[str, str] | None = None
 
     def set_usage(self, input_tokens: int, output_tokens: int, cache_read: int | None = None,
                   cache_write: int | None = None, reasoning: int | None = None,

@@ -699,7 +699,8 @@ def price(model: str, usage: Usage, *, provider: str | None = None, options: Opt
 def price_usage_of_call(call: Any, options: Options | None = None) -> Cost | None:
     """Price a finished call (the lifecycle's ``Call``): its response model first (dated, and the real
     model behind an Azure deployment name), then its request model. Counts one unpriced call when
-    neither is known. Reads the call's token fields directly: no ``Usage`` is built."""
+    neither is known. Reads the call's token fields directly (no ``Usage`` is built) and its
+    ``price_context`` (the service tier the response reports)."""
     if options is None:
         from .call import recorder
 
@@ -711,7 +712,7 @@ def price_usage_of_call(call: Any, options: Options | None = None) -> Cost | Non
         if not model:
             continue
         entry = _entries.get((model, provider)) or _resolve(model, provider)
-        sheet, currency, source = _sheet(entry, options, None, None)
+        sheet, currency, source = _sheet(entry, options, getattr(call, "price_context", None), None)
         if sheet is not None:
             return _compute(sheet, call.input_tokens, call.output_tokens, call.cache_read_tokens,
                             call.cache_write_tokens, call.reasoning_tokens,

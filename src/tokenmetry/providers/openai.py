@@ -64,6 +64,17 @@ def _read_completion_usage(call: Call, usage: Any) -> None:
     )
 
 
+# the tiers OpenAI bills at their own prices (genai-prices variants); "default" is the list price
+_TIER_CONTEXTS = {tier: {"service_tier": tier} for tier in ("flex", "priority", "scale", "fast")}
+
+
+def read_service_tier(call: Call, response: Any) -> None:
+    """The service tier the response was served at (``flex`` costs half, ``priority`` more)."""
+    tier = getattr(response, "service_tier", None)
+    if tier is not None:
+        call.price_context = _TIER_CONTEXTS.get(tier)
+
+
 def _unset_injected_usage(chunk: Any) -> None:
     """Once usage is asked for, the API sends ``"usage": null`` on every chunk: when tokenmetry asked,
     mark the field unset again so the chunk serialises (``to_dict()``, ``exclude_unset``) as it would
@@ -81,6 +92,7 @@ def _completion_readers(chat: bool) -> tuple[Callable[[Call, Any], None], ChunkR
     def read_completion(call: Call, completion: Any) -> None:
         call.response_id = completion.id
         call.response_model = completion.model
+        read_service_tier(call, completion)
         for choice in completion.choices:
             if choice.finish_reason:
                 call.finish_reasons.append(choice.finish_reason)
@@ -110,6 +122,7 @@ def _completion_readers(chat: bool) -> tuple[Callable[[Call, Any], None], ChunkR
         if call.response_id is None:
             call.response_id = chunk.id
             call.response_model = chunk.model
+            read_service_tier(call, chunk)
         for choice in choices:
             if chat:
                 delta = choice.delta
@@ -135,6 +148,7 @@ def _read_embeddings(call: Call, response: Any) -> None:
 def _read_response(call: Call, response: Any) -> None:
     call.response_id = response.id
     call.response_model = response.model
+    read_service_tier(call, response)
     status = response.status
     if status:
         reason = status

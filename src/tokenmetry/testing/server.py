@@ -711,7 +711,7 @@ def _openai_chat(a: _Answer) -> SentResponse:
     )
     rid, created, model = a.server._new_id("chatcmpl-local"), int(time.time()), a.model("gpt-4o-mini")
     head = {"id": rid, "object": "chat.completion", "created": created, "model": model}
-    tail = {"service_tier": "default", "system_fingerprint": "fp_local"}
+    tail = {"service_tier": _served_tier(body), "system_fingerprint": "fp_local"}
     if not a.request.stream:
         message = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
         doc = {
@@ -871,7 +871,7 @@ def _responses_object(a: _Answer) -> dict[str, Any]:
         "prompt_cache_key": body.get("prompt_cache_key"),
         "reasoning": {"effort": _get(body, "reasoning", "effort"), "summary": None},
         "safety_identifier": None,
-        "service_tier": "default",
+        "service_tier": _served_tier(body),
         "store": body.get("store", True),
         "temperature": body.get("temperature", 1.0),
         "text": {"format": fmt, "verbosity": "medium"},
@@ -967,6 +967,12 @@ def _openai_responses_retrieve(a: _Answer) -> SentResponse:
 
 
 # ---- Anthropic ------------------------------------------------------------------------------------
+
+
+def _served_tier(body: dict[str, Any]) -> str:
+    """The service tier an OpenAI response reports: the one asked for, ``default`` for ``auto``."""
+    asked = body.get("service_tier")
+    return asked if isinstance(asked, str) and asked not in ("auto", "") else "default"
 
 
 def _anthropic_usage(a: _Answer, prompt: int, output: int, thinking: int) -> dict[str, Any]:
