@@ -330,13 +330,15 @@ def test_never_iterated_stream_dropped(server: LocalAPIServer, otel: Any, record
         gc.collect()
     record = _one_call(records, otel)
     assert record.error_type == "_OTHER"
-    # no chunk was read: nothing to estimate the output from, and the call is flagged, never a silent 0
-    assert record.usage_source == "missing"
-    assert record.usage == Usage()
+    # no chunk was read, but the API had accepted the request and read the prompt: the prompt is
+    # estimated (flagged as such), never a silent 0
+    assert record.usage_source == "estimated"
+    assert record.usage == _estimated("")
+    assert record.usage.output_tokens == 0 and record.usage.input_tokens > 0
     assert record.time_to_first_chunk_s is None
     span = otel.finished_spans()[0]
     assert span.attributes["error.type"] == "_OTHER"
-    check_span(span, record, port=server.port, usage_reported=False)
+    check_span(span, record, port=server.port)  # the estimate is on the span
 
 
 def test_chat_stream_helper_left_early(server: LocalAPIServer, otel: Any, records: list[CallRecord]) -> None:
@@ -494,7 +496,8 @@ async def test_async_never_iterated_dropped(server: LocalAPIServer, otel: Any, r
         gc.collect()
         assert len(records) == 1
     record = _one_call(records, otel)
-    assert (record.error_type, record.usage_source) == ("_OTHER", "missing")
+    assert (record.error_type, record.usage_source) == ("_OTHER", "estimated")
+    assert record.usage == _estimated("")
 
 
 async def test_async_responses_stream_helper_exhausted(server: LocalAPIServer, otel: Any,
@@ -542,7 +545,7 @@ def test_every_stream_of_a_session_counted_once(server: LocalAPIServer, otel: An
     assert tokenmetry.stats().requests == 5
     assert len(otel.finished_spans()) == 5
     assert [r.usage_source for r in session.calls] == ["provider", "estimated", "estimated", "estimated",
-                                                       "missing"]
+                                                       "estimated"]
 
 
 def test_streaming_response_never_parsed_is_accounted_once(server: LocalAPIServer, otel: Any,

@@ -48,10 +48,11 @@ def estimate_call(call: Call) -> None:
     """Fill a call's usage from its text when the response carried none (``usage_source="estimated"``).
 
     A call that failed before any response arrived stays ``"missing"`` (nothing was generated and
-    vendors do not bill it); so does one with no text on either side (a raw response the user never
-    parsed). A stream left early is estimated from its prompt and the text it had delivered.
+    vendors do not bill it); so does one with no text on either side. A stream left early, or dropped
+    unread (``_OTHER``: the vendor had accepted it and read the prompt), is estimated from its prompt
+    and the text it had delivered.
     """
-    if call.error_type is not None and not call.chunks:
+    if call.error_type is not None and call.error_type != "_OTHER" and not call.chunks:
         return
     prompt = request_text(call.request_body)
     output = "".join(call.text_parts) if call.text_parts else ""
