@@ -368,6 +368,30 @@ def test_chat_stream_helper_left_early_is_accounted_at_exit(server: LocalAPIServ
     assert accounted_at_exit == 1
 
 
+def test_stream_helpers_of_a_wrapped_client_are_accounted_at_exit(server: LocalAPIServer,
+                                                                   records: list[CallRecord]) -> None:
+    """wrap() alone (no instrument()) hooks the helpers' close() too: leaving the with block early
+    accounts the call there, while the helper object is still referenced."""
+    with openai_client(server) as client:
+        tokenmetry.wrap(client)
+        with client.chat.completions.stream(model=CHAT_MODEL, messages=MESSAGES) as stream:
+            for _ in stream:
+                break
+        chat_at_exit = len(records)
+        with client.responses.stream(model=CHAT_MODEL, input=PROMPT) as responses_stream:
+            for _ in responses_stream:
+                break
+        responses_at_exit = len(records)
+        del stream, responses_stream
+        gc.collect()
+    assert (chat_at_exit, responses_at_exit) == (1, 2)
+    assert [r.error_type for r in records] == [None, None]  # closed by the with block: deliberate stops
+    tokenmetry.uninstrument()
+    from openai.lib.streaming.chat._completions import ChatCompletionStream
+
+    assert "close" in ChatCompletionStream.__dict__ and not hasattr(ChatCompletionStream.close, "__wrapped__")
+
+
 def test_responses_stream_break(server: LocalAPIServer, otel: Any, records: list[CallRecord]) -> None:
     tokenmetry.instrument(**otel.kwargs())
     with openai_client(server) as client:

@@ -22,6 +22,7 @@ _originals: dict[tuple[Any, str], Any] = {}
 _active: set[str] = set()
 _wanted: set[str] = set()  # installed SDKs to patch when the application imports them
 _hooked: set[str] = set()  # providers with an import hook registered (wrapt keeps hooks for good)
+_helpers: set[str] = set()  # providers whose stream helpers' close() is hooked for wrap()ped clients
 
 
 def _provider_names(providers: Iterable[str] | str | None) -> list[str]:
@@ -110,7 +111,7 @@ def _hook_module(name: str, module_name: str, patches_of: Any) -> None:
 
     def on_import(module: Any) -> None:
         with _lock:
-            if name in _active:  # uninstrument() may have come first
+            if name in _active or name in _helpers:  # uninstrument() may have come first
                 try:
                     for patch in patches_of(module):
                         _apply(patch)
@@ -139,6 +140,19 @@ def _hook_import(name: str, package: str) -> None:
     wrapt.register_post_import_hook(on_import, package)
 
 
+def _hook_helpers(name: str, adapter: Any) -> None:
+    """Hook the SDK's stream helpers' ``close()`` for a wrapped client: leaving a helper's ``with``
+    block early then accounts its call at once, not when the stream is garbage-collected. The hooks
+    act only on streams tokenmetry tracks; :func:`uninstrument` removes them."""
+    if name in _helpers or name in _active:
+        return
+    _helpers.add(name)
+    for patch in getattr(adapter, "helper_patches", list)():
+        _apply(patch)
+    for module_name, patches_of in getattr(adapter, "deferred_patches", list)():
+        _hook_module(name, module_name, patches_of)
+
+
 def uninstrument() -> None:
     """Restore every patched attribute exactly as it was (and forget SDKs awaiting their import)."""
     with _lock:
@@ -147,6 +161,7 @@ def uninstrument() -> None:
         _originals.clear()
         _active.clear()
         _wanted.clear()
+        _helpers.clear()
 
 
 def instrumented() -> list[str]:
@@ -172,6 +187,7 @@ def wrap(client: Any) -> Any:
                 return client
             adapter.wrap_client(client)
             client.__dict__["_tokenmetry_wrapped"] = True
+            _hook_helpers(name, adapter)
         return client
     raise TokenmetryError(f"tokenmetry.wrap: {type(client).__module__}.{type(client).__qualname__} is not a "
                           "client of a supported SDK (openai, anthropic, google-genai)")

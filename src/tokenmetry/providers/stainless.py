@@ -112,6 +112,13 @@ class StainlessAdapter:
             Patch(sync_client, "_process_response", self._process_response),
             Patch(async_client, "_process_response", self._process_response),
         ]
+        patches.extend(self.helper_patches())
+        return patches
+
+    def helper_patches(self) -> list[Patch]:
+        """The ``close()`` hooks of the stream helpers whose modules are imported. Process-wide but
+        inert for streams tokenmetry does not track, so :func:`tokenmetry.wrap` applies them too."""
+        patches = []
         for name in self.helper_streams:
             module = sys.modules.get(name.partition(":")[0])
             if module is not None:  # not imported yet: deferred_patches() hooks its import instead
