@@ -58,7 +58,7 @@ class Call:
         "finish_reasons", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s", "retry_events",
         "error_type", "cost", "span", "request_body", "text_parts", "withhold_usage_chunk", "done",
         "reservation", "rate_limits", "attributes", "output_pending", "error_id", "_record",
-        "headers", "header_reader", "priced", "price_context",
+        "headers", "header_reader", "priced", "price_context", "late_usage", "late_usage_reader",
     )
 
     def __init__(self, provider: str, operation: str, request_model: str | None, stream: bool,
@@ -115,6 +115,10 @@ class Call:
         self.priced = False  # cost settled (None included: unknown model, or no tokens)
         # what selects a price variant, as the response reports it (e.g. {"service_tier": "flex"})
         self.price_context: dict[str, str] | None = None
+        # a stream's running usage that a chunk reader left to read once, when the call finishes
+        # (every Gemini chunk repeats the totals so far: only the last one counts)
+        self.late_usage: Any = None
+        self.late_usage_reader: Callable[[Call, Any], None] | None = None
 
     def set_usage(self, input_tokens: int, output_tokens: int, cache_read: int | None = None,
                   cache_write: int | None = None, reasoning: int | None = None,
@@ -311,6 +315,8 @@ class Recorder:
             call.duration_s = _perf() - call.t0
             if incomplete and call.error_type is None:
                 call.error_type = "_OTHER"
+            if call.late_usage is not None:
+                self._read_late_usage(call)
             if call.usage_source == "missing":
                 self._fill_estimate(call)
             elif call.output_pending and call.text_parts:
@@ -404,6 +410,18 @@ class Recorder:
             call.headers = None  # read by the statistics when asked, newest first
             stats.note_rate_limits(call.provider, call.response_model or call.request_model, call.rate_limits,
                                    call.header_reader, headers)
+
+    @staticmethod
+    def _read_late_usage(call: Call) -> None:
+        usage, reader = call.late_usage, call.late_usage_reader
+        call.late_usage = None
+        try:
+            if reader is not None:
+                reader(call, usage)
+        except Exception:  # the estimate below still fills the usage
+            logger.debug("tokenmetry: reading a stream's usage failed", exc_info=True)
+            warn_once("late-usage", "tokenmetry: could not read a stream's usage (further failures of "
+                      "this kind are logged at DEBUG)")
 
     def _fill_estimate(self, call: Call) -> None:
         estimate = self._estimate

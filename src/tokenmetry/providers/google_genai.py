@@ -189,7 +189,9 @@ def _read_generate_chunk(call: Call, chunk: Any) -> bool:
         _read_candidates(call, candidates, keep_text=True)
     usage = chunk.usage_metadata
     if usage is not None:
-        _read_usage(call, usage)  # assigned: the last chunk's usage is the whole
+        # every chunk repeats the totals so far and the last one is the whole: read it once, at the end
+        call.late_usage = usage
+        call.late_usage_reader = _read_usage
     return True
 
 
