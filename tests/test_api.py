@@ -144,6 +144,56 @@ def test_instrument_reconfigures_without_repatching(server: LocalAPIServer, reco
     assert len(tokenmetry.current_session().calls) == 1
 
 
+def test_reconfiguring_keeps_the_cost_and_token_counters_counting(server: LocalAPIServer, otel: Any,
+                                                                   records: list[CallRecord]) -> None:
+    """instrument() again (same meter provider) must not leave tokenmetry.cost / tokenmetry.tokens
+    stuck: the SDK keeps an observable instrument's first callbacks and drops a duplicate's."""
+    tokenmetry.instrument(**otel.kwargs())
+    with openai_client(server) as client:
+        _chat(client)
+        assert [p.value for p in otel.metric_points("tokenmetry.cost")] == [float(records[0].cost.amount)]
+        tokenmetry.instrument(**otel.kwargs())
+        _chat(client)
+        tokenmetry.instrument(history_limit=5, **otel.kwargs())
+        _chat(client)
+    assert len(records) == 3 and all(r.cost is not None for r in records)
+    [point] = otel.metric_points("tokenmetry.cost")
+    assert point.value == pytest.approx(sum(float(r.cost.amount) for r in records), rel=1e-12)  # type: ignore[union-attr]
+    [duration] = otel.metric_points("gen_ai.client.operation.duration")
+    assert duration.count == 3
+
+
+def test_running_totals_never_wait_for_their_lock() -> None:
+    """A finaliser can finish a call (and add to a counter's totals) while its thread is inside the
+    counter's collection: adding must not wait for the lock that thread holds."""
+    from tokenmetry.telemetry import _RunningTotals
+
+    totals = _RunningTotals()
+    totals.add(("a",), {"k": "a"}, 1.5)
+    with totals._lock:  # as if a finaliser ran in the middle of observe()
+        totals.add(("a",), {"k": "a"}, 2.0)
+        totals.add(("b",), {"k": "b"}, 4.0)
+    observed = {tuple(o.attributes.items()): o.value for o in totals.observe(None)}  # type: ignore[arg-type]
+    assert observed == {(("k", "a"),): 3.5, (("k", "b"),): 4.0}
+
+
+def test_on_record_callbacks_see_their_call_in_the_session(server: LocalAPIServer) -> None:
+    """A callback reading its session's totals sees the call it is told about (as before batching)."""
+    tokenmetry.instrument()
+    seen: list[tuple[int, int | None]] = []
+    unsubscribe = tokenmetry.on_record(
+        lambda record: seen.append((tokenmetry.sessions.get(record.session_id).call_count,  # type: ignore[union-attr]
+                                    record.usage.input_tokens)))
+    try:
+        with openai_client(server) as client, tokenmetry.session("watched") as session:
+            _chat(client)
+            _chat(client)
+    finally:
+        unsubscribe()
+    assert [count for count, _ in seen] == [1, 2]
+    assert session.usage.input_tokens == sum(tokens for _, tokens in seen)  # type: ignore[misc]
+
+
 # ================================================================================ wrap
 def test_wrap_one_client_only(server: LocalAPIServer, records: list[CallRecord]) -> None:
     originals = {(cls, name): cls.__dict__[name] for cls in _client_classes() for name in PATCHED}

@@ -390,6 +390,17 @@ def test_stream_helpers_of_a_wrapped_client_are_accounted_at_exit(server: LocalA
     from openai.lib.streaming.chat._completions import ChatCompletionStream
 
     assert "close" in ChatCompletionStream.__dict__ and not hasattr(ChatCompletionStream.close, "__wrapped__")
+    # wrapping the same client again after uninstrument() hooks them again
+    with openai_client(server) as client:
+        tokenmetry.wrap(client)
+        tokenmetry.uninstrument()
+        tokenmetry.wrap(client)
+        with client.chat.completions.stream(model=CHAT_MODEL, messages=MESSAGES) as stream:
+            for _ in stream:
+                break
+        assert len(records) == 3
+        del stream
+        gc.collect()
 
 
 def test_responses_stream_break(server: LocalAPIServer, otel: Any, records: list[CallRecord]) -> None:

@@ -432,3 +432,24 @@ def test_rate_limits_are_read_when_asked_and_the_newest_figure_of_each_kind_wins
     assert tokenmetry.stats().by_model[f"openai/{CHAT_MODEL}"].rate_limit_remaining == {
         "remaining_requests": 498, "remaining_tokens": 150000, "limit_requests": 500, "limit_tokens": 200000,
         "reset_requests": "120ms"}
+
+
+def test_calls_finished_by_finalisers_are_applied_by_the_next_call(server: LocalAPIServer, client: Any) -> None:
+    """A finaliser (a stream garbage-collected unread) never applies pending calls itself; the next
+    call does, so a workload that abandons every stream does not keep them all."""
+    import gc
+
+    from tokenmetry.call import recorder
+    from tokenmetry.pending import FOLD_BATCH
+
+    tokenmetry.instrument()
+    for _ in range(FOLD_BATCH + 2):
+        stream = client.chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                stream=True)
+        del stream
+        gc.collect()
+        if len(recorder._pending) < FOLD_BATCH:
+            assert recorder._pending[-1].error_type == "_OTHER"  # finished by the finaliser, left pending
+    # the finalisers applied nothing: the (FOLD_BATCH + 1)-th call's begin() applied the first batch
+    assert len(recorder._pending) == 2
+    assert tokenmetry.stats().requests == FOLD_BATCH + 2

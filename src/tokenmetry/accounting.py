@@ -48,9 +48,9 @@ def estimate_call(call: Call) -> None:
     """Fill a call's usage from its text when the response carried none (``usage_source="estimated"``).
 
     A call that failed before any response arrived stays ``"missing"`` (nothing was generated and
-    vendors do not bill it); so does one with no text on either side. A stream left early, or dropped
-    unread (``_OTHER``: the vendor had accepted it and read the prompt), is estimated from its prompt
-    and the text it had delivered.
+    vendors do not bill it); so does one with no text on either side. A stream left early, or a
+    stream or raw response dropped unread (``_OTHER``: the vendor had accepted the request and read
+    the prompt), is estimated from its prompt and the text it had delivered.
     """
     if call.error_type is not None and call.error_type != "_OTHER" and not call.chunks:
         return

@@ -8,6 +8,7 @@ and hands it to the sinks: the session, the process statistics, OpenTelemetry an
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import logging
 import threading
@@ -236,6 +237,8 @@ class Recorder:
               server_address: str | None, server_port: int | None, request_body: Any = None) -> Call:
         if not self._warmed:
             self._warm_up()
+        if len(self._pending) >= FOLD_BATCH:  # left by finalisers, which never apply calls themselves
+            self._try_fold()
         session = current_session()
         call = Call(provider, operation, request_model, stream, server_address, server_port,
                     session, request_body)
@@ -289,6 +292,9 @@ class Recorder:
         from .accounting import warm_up
 
         warm_up()
+        # calls still pending at exit are applied then: an unpriced model's warning and on_unpriced
+        # hooks fire even in a short script that never reads its totals
+        atexit.register(self.fold)
 
     def fail(self, call: Call, error: BaseException) -> None:
         """The call raised ``error`` (which the caller re-raises unchanged)."""
@@ -326,20 +332,22 @@ class Recorder:
                 top_up_output(call)
             budget = call.session.budget
             instruments = self.telemetry.instruments()
+            notify = self._sinks or self._subscribers
+            pending = self._pending
             try:
-                if call.span is not None or instruments is not None or budget is not None or \
-                        self._sinks or self._subscribers:
-                    self._finish_now(call, budget, instruments)
+                if call.span is not None or instruments is not None or budget is not None or notify:
+                    self._price_now(call)  # before the call is pending: a fold elsewhere may apply it
+                    if budget is not None:
+                        budget.settle(call)
+                    self.telemetry.end(call, instruments)  # the span if any, metric points if an SDK meters
             finally:
-                pending = self._pending
                 pending.append(call)
+            if notify:
+                self._notify(call)  # after the append: a callback reading its session sees this call
             # a finaliser (incomplete: a stream dropped unfinished) may run inside a fold or a
-            # reader holding a session's lock: it only leaves the call pending
-            if not incomplete and len(pending) >= FOLD_BATCH and self._fold_lock.acquire(blocking=False):
-                try:
-                    self._fold_held()
-                finally:
-                    self._fold_lock.release()
+            # reader holding a session's lock: it only leaves the call pending (begin() applies it)
+            if not incomplete and len(pending) >= FOLD_BATCH:
+                self._try_fold()
         except Exception:
             logger.debug("tokenmetry: finishing a call failed", exc_info=True)
             warn_once("finish", "tokenmetry: could not record a call (further failures of this kind "
@@ -349,15 +357,14 @@ class Recorder:
             call.text_parts = None
             call.span = None
 
-    def _finish_now(self, call: Call, budget: Any, instruments: Any) -> None:
-        """The part of finishing that needs the cost at once: span, metrics, budget, callbacks."""
+    def _price_now(self, call: Call) -> None:
         call.priced = True
         if call.input_tokens or call.output_tokens:
             price = self._price
             call.cost = price(call, self.options) if price is not None else self._cost(call)
-        if budget is not None:
-            budget.settle(call)
-        self.telemetry.end(call, instruments)  # the span if any, metric points if an SDK meters
+
+    def _notify(self, call: Call) -> None:
+        """The internal sinks (the ledger) and the ``on_record`` callbacks."""
         for sink in self._sinks:
             sink(call)
         subscribers = self._subscribers
@@ -377,6 +384,14 @@ class Recorder:
             return  # a reader called from inside a fold (an on_unpriced hook): it sees what is applied
         with self._fold_lock:
             self._fold_held()
+
+    def _try_fold(self) -> None:
+        """Fold unless another thread is folding (it takes what is pending too)."""
+        if self._fold_lock.acquire(blocking=False):
+            try:
+                self._fold_held()
+            finally:
+                self._fold_lock.release()
 
     def _fold_held(self) -> None:
         self._folding_thread = threading.get_ident()
@@ -399,10 +414,7 @@ class Recorder:
 
     def _apply(self, call: Call, stats: ProcessStats) -> None:
         if not call.priced:
-            call.priced = True
-            if call.input_tokens or call.output_tokens:
-                price = self._price
-                call.cost = price(call, self.options) if price is not None else self._cost(call)
+            self._price_now(call)
         call.session._add(call)
         stats.add(call)
         headers = call.headers

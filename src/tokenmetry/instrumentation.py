@@ -183,11 +183,11 @@ def wrap(client: Any) -> Any:
         if adapter is None or not adapter.available() or not adapter.owns(client):
             continue
         with _lock:
+            _hook_helpers(name, adapter)  # again after uninstrument() removed them
             if client.__dict__.get("_tokenmetry_wrapped"):
                 return client
             adapter.wrap_client(client)
             client.__dict__["_tokenmetry_wrapped"] = True
-            _hook_helpers(name, adapter)
         return client
     raise TokenmetryError(f"tokenmetry.wrap: {type(client).__module__}.{type(client).__qualname__} is not a "
                           "client of a supported SDK (openai, anthropic, google-genai)")

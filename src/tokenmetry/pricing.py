@@ -490,6 +490,9 @@ def unpriced_count() -> int:
 
 def unpriced_models() -> dict[str, int]:
     """Unpriced calls per model name (at most 1,000 names; the rest are under ``"<other>"``)."""
+    from .pending import apply_pending
+
+    apply_pending()  # calls not priced yet (see tokenmetry.pending) are counted first
     with _unpriced_lock:
         return dict(_unpriced_by_model)
 

@@ -39,7 +39,8 @@ class RateWindow:
 
     def add(self, tokens: int, now: float) -> None:
         """Add tokens completed at ``now`` (a call's end: calls are applied in batches, so ``now``
-        may be a little in the past, but never older than a bucket's current second)."""
+        may be in the past; tokens a whole window older than a bucket's second are out of the window
+        and dropped)."""
         second = int(now)
         index = second % self.window_s
         held = self._seconds[index]

@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import threading
+import weakref
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -131,10 +133,64 @@ class _AttributeSets:
         return found
 
 
-class _Instruments:
-    """Every metric instrument tokenmetry records, created once from a real meter."""
+class _RunningTotals:
+    """Amounts per attribute set behind one observable counter.
 
-    def __init__(self, meter: metrics.Meter, recorder: Recorder) -> None:
+    ``add`` appends to a deque, without a lock: it may run anywhere, a stream's finaliser included
+    (one that runs while this thread is inside :meth:`observe` must not wait for it). The amounts
+    are summed when the SDK collects, or once many are waiting and nobody else is summing.
+    """
+
+    __slots__ = ("_added", "_totals", "_lock")
+
+    def __init__(self) -> None:
+        self._added: deque[tuple[tuple[Any, ...], dict[str, Any], float]] = deque()
+        self._totals: dict[tuple[Any, ...], list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: tuple[Any, ...], attributes: dict[str, Any], amount: float) -> None:
+        added = self._added
+        added.append((key, attributes, amount))
+        if len(added) >= _MAX_ATTRIBUTE_SETS and self._lock.acquire(blocking=False):
+            try:
+                self._sum()
+            finally:
+                self._lock.release()
+
+    def _sum(self) -> None:
+        added, totals = self._added, self._totals
+        while True:
+            try:
+                key, attributes, amount = added.popleft()
+            except IndexError:
+                return
+            entry = totals.get(key)
+            if entry is not None:
+                entry[1] += amount
+            elif len(totals) < _MAX_ATTRIBUTE_SETS:
+                totals[key] = [attributes, amount]
+            else:  # cardinality guard, as the SDK's own counters do
+                overflow = totals.get(_OVERFLOW_KEY)
+                if overflow is None:
+                    totals[_OVERFLOW_KEY] = [{"otel.metric.overflow": True}, amount]
+                else:
+                    overflow[1] += amount
+
+    def observe(self, _: CallbackOptions) -> list[Observation]:
+        with self._lock:
+            self._sum()
+            return [Observation(amount, attributes) for attributes, amount in self._totals.values()]
+
+
+_OVERFLOW_KEY = ("otel.metric.overflow",)
+
+
+class _Instruments:
+    """Every metric instrument tokenmetry records, from a real meter (made again when tokenmetry is
+    configured again; the SDK then hands back the instruments it already has)."""
+
+    def __init__(self, meter: metrics.Meter, recorder: Recorder,
+                 totals: tuple[_RunningTotals, _RunningTotals]) -> None:
         self.token_usage = meter.create_histogram(
             "gen_ai.client.token.usage", unit="{token}",
             description="Number of input and output tokens used.",
@@ -150,17 +206,9 @@ class _Instruments:
             "gen_ai.client.operation.time_per_output_chunk", unit="s",
             description="Mean time between output chunks after the first, one point per stream.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
-        # running totals behind the token-kind and cost counters: an addition here per call, the
-        # SDK's work once per collection (its per-point path costs tens of microseconds a call)
-        self._totals_lock = threading.Lock()
-        self.token_totals: dict[tuple[Any, ...], list[Any]] = {}
-        self.cost_totals: dict[tuple[Any, ...], list[Any]] = {}
-        meter.create_observable_counter(
-            "tokenmetry.tokens", callbacks=[self._observe(self.token_totals)], unit="{token}",
-            description="Tokens by kind: cache_read, cache_write, reasoning, tool.")
-        meter.create_observable_counter(
-            "tokenmetry.cost", callbacks=[self._observe(self.cost_totals)], unit=recorder.options.currency,
-            description="Cost of the calls.")
+        # token kinds and cost: running totals observed when the SDK collects (its per-point path
+        # costs tens of microseconds a call), one pair per meter provider (see Telemetry._totals_for)
+        self.token_totals, self.cost_totals = totals
         self.unpriced = meter.create_counter(
             "tokenmetry.unpriced", unit="{call}", description="Calls whose model has no known price.")
         self.throttle_wait = meter.create_histogram(
@@ -169,29 +217,22 @@ class _Instruments:
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
         self.retries = meter.create_counter(
             "tokenmetry.retries", unit="{retry}", description="Retries by cause.")
-        self._gauges(meter, recorder)
-
-    def add(self, totals: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...],
-            attributes: dict[str, Any], amount: float) -> None:
-        """Add to the running total of one attribute set of an observable counter."""
-        with self._totals_lock:
-            entry = totals.get(key)
-            if entry is None:
-                totals[key] = [attributes, amount]
-            else:
-                entry[1] += amount
-
-    def _observe(self, totals: dict[tuple[Any, ...], list[Any]]) -> Any:
-        lock = self._totals_lock
-
-        def observe(_: CallbackOptions) -> list[Observation]:
-            with lock:
-                return [Observation(amount, attributes) for attributes, amount in totals.values()]
-
-        return observe
 
     @staticmethod
-    def _gauges(meter: metrics.Meter, recorder: Recorder) -> None:
+    def register_totals(meter: metrics.Meter, currency: str) -> tuple[_RunningTotals, _RunningTotals]:
+        """The observable token-kind and cost counters of one meter provider, registered once: the
+        SDK keeps the first callbacks of an instrument and drops those of a later duplicate."""
+        tokens, cost = _RunningTotals(), _RunningTotals()
+        meter.create_observable_counter(
+            "tokenmetry.tokens", callbacks=[tokens.observe], unit="{token}",
+            description="Tokens by kind: cache_read, cache_write, reasoning, tool.")
+        meter.create_observable_counter(
+            "tokenmetry.cost", callbacks=[cost.observe], unit=currency, description="Cost of the calls.")
+        return tokens, cost
+
+    @staticmethod
+    def register_gauges(meter: metrics.Meter, recorder: Recorder) -> None:
+        """The observable gauges, registered once per meter provider (they read the statistics)."""
         stats = recorder.stats_ref
 
         def tokens_per_minute(_: CallbackOptions) -> list[Observation]:
@@ -234,6 +275,9 @@ class Telemetry:
         self._tracer: trace.Tracer | None = None
         self._instruments: _Instruments | None = None
         self._metric_attrs: dict[tuple[Any, ...], _AttributeSets] = {}
+        # per meter provider: its observable counters' totals (registered once, see _totals_for)
+        self._observed: weakref.WeakKeyDictionary[Any, tuple[_RunningTotals, _RunningTotals]] = \
+            weakref.WeakKeyDictionary()
         self._tracer_provider: Any = None
         self._meter_provider: Any = None
         self._capture = False
@@ -300,8 +344,23 @@ class Telemetry:
                 from . import __version__
 
                 meter = provider.get_meter(SCOPE, __version__, schema_url=SCHEMA_URL)
-                self._instruments = _Instruments(meter, self._recorder)
+                self._instruments = _Instruments(meter, self._recorder, self._totals_for(provider, meter))
             return self._instruments
+
+    def _totals_for(self, provider: Any, meter: metrics.Meter) -> tuple[_RunningTotals, _RunningTotals]:
+        try:
+            found = self._observed.get(provider)
+        except TypeError:  # a provider that cannot be weakly referenced: registered each time
+            found = None
+        if found is not None:
+            return found
+        totals = _Instruments.register_totals(meter, self._recorder.options.currency)
+        _Instruments.register_gauges(meter, self._recorder)
+        try:
+            self._observed[provider] = totals
+        except TypeError:
+            pass
+        return totals
 
     # ----------------------------------------------------------------- spans
     def start_span(self, call: Call, tracer: trace.Tracer | None = None) -> None:
@@ -478,21 +537,21 @@ class Telemetry:
         # token kinds and cost: running totals read by observable counters (only non-zero kinds)
         key = sets.key
         if call.cache_read_tokens:
-            instruments.add(instruments.token_totals, (key, "cache_read"),
-                            sets.extended(TM_TOKEN_KIND, "cache_read"), call.cache_read_tokens)
+            instruments.token_totals.add((key, "cache_read"), sets.extended(TM_TOKEN_KIND, "cache_read"),
+                                         call.cache_read_tokens)
         if call.cache_write_tokens:
-            instruments.add(instruments.token_totals, (key, "cache_write"),
-                            sets.extended(TM_TOKEN_KIND, "cache_write"), call.cache_write_tokens)
+            instruments.token_totals.add((key, "cache_write"), sets.extended(TM_TOKEN_KIND, "cache_write"),
+                                         call.cache_write_tokens)
         if call.reasoning_tokens:
-            instruments.add(instruments.token_totals, (key, "reasoning"),
-                            sets.extended(TM_TOKEN_KIND, "reasoning"), call.reasoning_tokens)
+            instruments.token_totals.add((key, "reasoning"), sets.extended(TM_TOKEN_KIND, "reasoning"),
+                                         call.reasoning_tokens)
         if call.tool_tokens:
-            instruments.add(instruments.token_totals, (key, "tool"),
-                            sets.extended(TM_TOKEN_KIND, "tool"), call.tool_tokens)
+            instruments.token_totals.add((key, "tool"), sets.extended(TM_TOKEN_KIND, "tool"),
+                                         call.tool_tokens)
         cost = call.cost
         if cost is not None:
-            instruments.add(instruments.cost_totals, (key, cost.currency),
-                            sets.extended(TM_CURRENCY, cost.currency), float(cost.amount))
+            instruments.cost_totals.add((key, cost.currency), sets.extended(TM_CURRENCY, cost.currency),
+                                        float(cost.amount))
         elif call.input_tokens or call.output_tokens:
             instruments.unpriced.add(1, duration_attrs)
         events = call.retry_events
