@@ -18,7 +18,7 @@ from .usage import ModelStats, PerformanceSnapshot, Usage
 if TYPE_CHECKING:
     from .call import Call
 
-__all__ = ["RateWindow", "ProcessStats"]
+__all__ = ["RateWindow", "Totals", "ProcessStats"]
 
 logger = logging.getLogger("tokenmetry")
 _UNREAD_MAX = 64  # responses kept unread per provider/model before their headers are read anyway
@@ -60,17 +60,20 @@ class RateWindow:
         return self.total(now) * 60.0 / self.window_s
 
 
-class _Tally:
-    """Running totals of one provider/model pair (or, summed at read time, a provider or the process)."""
+class Totals:
+    """Running totals of calls: a session's, or the statistics' per (provider, model), summed at read
+    time into a provider's and the process's. Not locked: the owner serialises changes."""
 
     __slots__ = (
-        "requests", "errors", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s",
+        "requests", "errors", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s", "duration_s",
         "input", "output", "cache_read", "cache_write", "reasoning", "tool", "busy_s", "window",
     )
 
     def __init__(self, window_s: int) -> None:
         self.requests = self.errors = self.retries = self.throttle_events = 0
-        self.throttle_wait_s = self.retry_wait_s = self.busy_s = 0.0
+        self.throttle_wait_s = self.retry_wait_s = self.duration_s = 0.0
+        # duration of the calls that produced tokens: the work rate's denominator
+        self.busy_s = 0.0
         self.input = self.output = 0
         self.cache_read: int | None = None
         self.cache_write: int | None = None
@@ -81,7 +84,41 @@ class _Tally:
     def work_rate_tpm(self) -> float:
         return 60.0 * (self.input + self.output) / self.busy_s if self.busy_s > 0 else 0.0
 
-    def absorb(self, other: _Tally) -> None:
+    def add_call(self, call: Call) -> None:
+        """Add one finished call (its tokens-per-minute second: the call's end)."""
+        self.requests += 1
+        if call.error_type is not None:
+            self.errors += 1
+        self.retries += call.retries
+        self.throttle_events += call.throttle_events
+        self.throttle_wait_s += call.throttle_wait_s
+        self.retry_wait_s += call.retry_wait_s
+        self.duration_s += call.duration_s
+        self.input += call.input_tokens
+        self.output += call.output_tokens
+        if call.cache_read_tokens is not None:
+            self.cache_read = (self.cache_read or 0) + call.cache_read_tokens
+        if call.cache_write_tokens is not None:
+            self.cache_write = (self.cache_write or 0) + call.cache_write_tokens
+        if call.reasoning_tokens is not None:
+            self.reasoning = (self.reasoning or 0) + call.reasoning_tokens
+        if call.tool_tokens is not None:
+            self.tool = (self.tool or 0) + call.tool_tokens
+        tokens = call.input_tokens + call.output_tokens
+        if tokens:  # work rate is throughput while producing tokens: token counting is not work
+            self.busy_s += call.duration_s
+            self.window.add(tokens, call.started_at + call.duration_s)
+
+    def add_retry(self, slept_s: float, cause: str) -> None:
+        """A wait of a retry loop between whole calls (no call of its own to carry it)."""
+        self.retries += 1
+        if cause == "throttle":
+            self.throttle_events += 1
+            self.throttle_wait_s += slept_s
+        else:
+            self.retry_wait_s += slept_s
+
+    def absorb(self, other: Totals) -> None:
         """Add ``other``'s totals and window into this one (both have the same window length)."""
         self.requests += other.requests
         self.errors += other.errors
@@ -89,6 +126,7 @@ class _Tally:
         self.throttle_events += other.throttle_events
         self.throttle_wait_s += other.throttle_wait_s
         self.retry_wait_s += other.retry_wait_s
+        self.duration_s += other.duration_s
         self.busy_s += other.busy_s
         self.input += other.input
         self.output += other.output
@@ -134,7 +172,7 @@ class ProcessStats:
     def __init__(self, window_s: int = 60) -> None:
         self._lock = threading.Lock()
         self._window_s = window_s
-        self._models: dict[tuple[str, str | None], _Tally] = {}
+        self._models: dict[tuple[str, str | None], Totals] = {}
         # latest rate-limit header values per "provider/model"
         self._rate_limits: dict[str, dict[str, Any]] = {}
         # responses whose headers are not read yet, oldest first: (parser, headers, values read already)
@@ -143,44 +181,19 @@ class ProcessStats:
     def add(self, call: Call) -> None:
         """Add a finished call to its (provider, model) tally."""
         key = (call.provider, call.response_model or call.request_model)
-        tokens = call.input_tokens + call.output_tokens
         with self._lock:
             tally = self._models.get(key)
             if tally is None:
-                tally = self._models[key] = _Tally(self._window_s)
-            tally.requests += 1
-            if call.error_type is not None:
-                tally.errors += 1
-            tally.retries += call.retries
-            tally.throttle_events += call.throttle_events
-            tally.throttle_wait_s += call.throttle_wait_s
-            tally.retry_wait_s += call.retry_wait_s
-            tally.input += call.input_tokens
-            tally.output += call.output_tokens
-            if call.cache_read_tokens is not None:
-                tally.cache_read = (tally.cache_read or 0) + call.cache_read_tokens
-            if call.cache_write_tokens is not None:
-                tally.cache_write = (tally.cache_write or 0) + call.cache_write_tokens
-            if call.reasoning_tokens is not None:
-                tally.reasoning = (tally.reasoning or 0) + call.reasoning_tokens
-            if call.tool_tokens is not None:
-                tally.tool = (tally.tool or 0) + call.tool_tokens
-            if tokens:  # work rate is throughput while producing tokens: token counting is not work
-                tally.busy_s += call.duration_s
-                tally.window.add(tokens, call.started_at + call.duration_s)  # the call's end
+                tally = self._models[key] = Totals(self._window_s)
+            tally.add_call(call)
 
     def add_retry(self, provider: str, model: str | None, slept_s: float, cause: str) -> None:
         """A wait of a retry loop around whole calls (no call of its own to carry it)."""
         with self._lock:
             tally = self._models.get((provider, model))
             if tally is None:
-                tally = self._models[(provider, model)] = _Tally(self._window_s)
-            tally.retries += 1
-            if cause == "throttle":
-                tally.throttle_events += 1
-                tally.throttle_wait_s += slept_s
-            else:
-                tally.retry_wait_s += slept_s
+                tally = self._models[(provider, model)] = Totals(self._window_s)
+            tally.add_retry(slept_s, cause)
 
     def note_rate_limits(self, provider: str, model: str | None, values: dict[str, Any] | None,
                          parser: Any = None, headers: Any = None) -> None:
@@ -246,8 +259,8 @@ class ProcessStats:
         with self._lock:
             self._read_headers()
             limits = {k: dict(v) for k, v in self._rate_limits.items()}
-            process = _Tally(self._window_s)
-            providers: dict[str, _Tally] = {}
+            process = Totals(self._window_s)
+            providers: dict[str, Totals] = {}
             by_model = {}
             for (provider, model), tally in self._models.items():
                 key = model_key(provider, model)
@@ -255,7 +268,7 @@ class ProcessStats:
                 process.absorb(tally)
                 provider_tally = providers.get(provider)
                 if provider_tally is None:
-                    provider_tally = providers[provider] = _Tally(self._window_s)
+                    provider_tally = providers[provider] = Totals(self._window_s)
                 provider_tally.absorb(tally)
             by_provider = {
                 name: tally.stats(now, {k: v for k, v in limits.items() if k.startswith(name + "/")})

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .pending import apply_pending
+from .rate import Totals
 from .usage import CallRecord, Cost, Usage
 
 if TYPE_CHECKING:
@@ -82,59 +83,27 @@ class Session:
 
     def __init__(self, session_id: str, history_limit: int = 1000, budget: Budget | None = None,
                  tpm_window_s: int = 60) -> None:
-        from .rate import RateWindow
-
         self.id = session_id
         self.budget = budget
         self._lock = threading.Lock()
         self._history: deque[Call] = deque(maxlen=history_limit)
-        self._window = RateWindow(tpm_window_s)
+        self._window_s = tpm_window_s
         self._turn_var: contextvars.ContextVar[int | None] = contextvars.ContextVar(
             f"tokenmetry_turn_{session_id}", default=None)
         self._clear()
 
     def _clear(self) -> None:
-        self._calls = 0
-        self._errors = 0
-        self._retries = 0
-        self._throttle_wait_s = 0.0
-        self._retry_wait_s = 0.0
-        self._duration_s = 0.0
-        self._busy_s = 0.0  # duration of the calls that produced tokens: the work rate's denominator
-        self._input = 0
-        self._output = 0
-        self._cache_read: int | None = None
-        self._cache_write: int | None = None
-        self._reasoning: int | None = None
-        self._tool: int | None = None
+        self._totals = Totals(self._window_s)
         self._cost: _CostSum | None = None
         self._unpriced_calls = 0
         self._turns = 0
         self._loose_calls = 0  # calls made outside any explicit turn: each is its own turn
         self._history.clear()
-        self._window = type(self._window)(self._window.window_s)
 
     # ----------------------------------------------------------------- recording (called by the lifecycle)
     def _add(self, call: Call) -> None:
-        ended = call.started_at + call.duration_s  # the window's second of the call's end
         with self._lock:
-            self._calls += 1
-            if call.error_type is not None:
-                self._errors += 1
-            self._retries += call.retries
-            self._throttle_wait_s += call.throttle_wait_s
-            self._retry_wait_s += call.retry_wait_s
-            self._duration_s += call.duration_s
-            self._input += call.input_tokens
-            self._output += call.output_tokens
-            if call.cache_read_tokens is not None:
-                self._cache_read = (self._cache_read or 0) + call.cache_read_tokens
-            if call.cache_write_tokens is not None:
-                self._cache_write = (self._cache_write or 0) + call.cache_write_tokens
-            if call.reasoning_tokens is not None:
-                self._reasoning = (self._reasoning or 0) + call.reasoning_tokens
-            if call.tool_tokens is not None:
-                self._tool = (self._tool or 0) + call.tool_tokens
+            self._totals.add_call(call)
             if call.cost is not None:
                 if self._cost is None:
                     self._cost = _CostSum(call.cost)
@@ -144,20 +113,12 @@ class Session:
                 self._unpriced_calls += 1
             if call.turn is None:
                 self._loose_calls += 1
-            tokens = call.input_tokens + call.output_tokens
-            if tokens:
-                self._busy_s += call.duration_s
-                self._window.add(tokens, ended)
             self._history.append(call)
 
     def _add_retry(self, slept_s: float, cause: str) -> None:
         """A wait between whole calls of a retry loop: the session's, not any one call's."""
         with self._lock:
-            self._retries += 1
-            if cause == "throttle":
-                self._throttle_wait_s += slept_s
-            else:
-                self._retry_wait_s += slept_s
+            self._totals.add_retry(slept_s, cause)
 
     # ----------------------------------------------------------------- reading
     @property
@@ -165,8 +126,7 @@ class Session:
         """Exact totals of every call this session made (history bound or not)."""
         apply_pending()
         with self._lock:
-            return Usage(self._input, self._output, self._cache_read, self._cache_write,
-                         self._reasoning, self._tool)
+            return self._totals.usage()
 
     @property
     def cost(self) -> Cost | None:
@@ -187,27 +147,27 @@ class Session:
     def call_count(self) -> int:
         apply_pending()
         with self._lock:
-            return self._calls
+            return self._totals.requests
 
     @property
     def throttle_wait_s(self) -> float:
         apply_pending()
         with self._lock:
-            return self._throttle_wait_s
+            return self._totals.throttle_wait_s
 
     def tokens_per_minute(self) -> float:
         apply_pending()
         with self._lock:
-            return self._window.per_minute(time.time())
+            return self._totals.window.per_minute(time.time())
 
     def summary(self) -> dict[str, Any]:
         """Totals, per-call averages and rates as one plain dict."""
         apply_pending()
         now = time.time()
         with self._lock:
-            calls = self._calls
-            usage = Usage(self._input, self._output, self._cache_read, self._cache_write,
-                          self._reasoning, self._tool)
+            totals = self._totals
+            calls = totals.requests
+            usage = totals.usage()
 
             def per_call(value: float | None) -> float | None:
                 return None if value is None or calls == 0 else value / calls
@@ -216,8 +176,8 @@ class Session:
                 "session_id": self.id,
                 "calls": calls,
                 "turns": self._turns + self._loose_calls,
-                "errors": self._errors,
-                "retries": self._retries,
+                "errors": totals.errors,
+                "retries": totals.retries,
                 "usage": usage.to_dict(),
                 "averages_per_call": {
                     "input_tokens": per_call(usage.input_tokens),
@@ -225,14 +185,14 @@ class Session:
                     "total_tokens": per_call(usage.total_tokens),
                     "cache_read_tokens": per_call(usage.cache_read_tokens),
                     "reasoning_tokens": per_call(usage.reasoning_tokens),
-                    "duration_s": per_call(self._duration_s),
+                    "duration_s": per_call(totals.duration_s),
                     "cost": None if self._cost is None or calls == 0
                     else str(self._cost.amount / Decimal(calls)),
                 },
-                "tokens_per_minute": self._window.per_minute(now),
-                "work_rate_tpm": 60.0 * usage.total_tokens / self._busy_s if self._busy_s else 0.0,
-                "throttle_wait_s": self._throttle_wait_s,
-                "retry_wait_s": self._retry_wait_s,
+                "tokens_per_minute": totals.window.per_minute(now),
+                "work_rate_tpm": totals.work_rate_tpm(),
+                "throttle_wait_s": totals.throttle_wait_s,
+                "retry_wait_s": totals.retry_wait_s,
                 "cost": None if self._cost is None else self._cost.value().to_dict(),
                 "unpriced_calls": self._unpriced_calls,
             }
