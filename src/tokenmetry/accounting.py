@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .call import logger, warn_once
+from .call import logger, report_failure
 
 if TYPE_CHECKING:
     from .call import Call
@@ -106,8 +106,7 @@ def price_call(call: Call, options: Options | None = None) -> Cost | None:
     try:
         return _price_usage_of_call(call, options)  # type: ignore[no-any-return]
     except Exception:
-        logger.debug("tokenmetry: pricing failed", exc_info=True)
-        warn_once("pricing", "tokenmetry: pricing a call failed (further failures logged at DEBUG)")
+        report_failure("pricing", "pricing a call")
         return None
 
 

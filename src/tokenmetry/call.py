@@ -23,7 +23,7 @@ from .rate import ProcessStats
 from .session import Session, current_session
 from .usage import CallRecord, Cost, Usage
 
-__all__ = ["Call", "Recorder", "recorder", "current_call", "warn_once"]
+__all__ = ["Call", "Recorder", "recorder", "current_call", "warn_once", "report_failure"]
 
 logger = logging.getLogger("tokenmetry")
 _warned: set[str] = set()
@@ -37,6 +37,14 @@ def warn_once(kind: str, message: str, *args: Any) -> None:
             return
         _warned.add(kind)
     logger.warning(message, *args)
+
+
+def report_failure(kind: str, what: str = "") -> None:
+    """An instrumentation step failed (call it from the ``except`` block): the traceback at DEBUG,
+    one WARNING per kind for the process. The user's call goes on unchanged; this never raises."""
+    logger.debug("tokenmetry: instrumentation step %r failed", kind, exc_info=True)
+    warn_once(kind, "tokenmetry: instrumentation step %r failed%s; the call goes on unchanged (further "
+              "failures of this kind are logged at DEBUG)", kind, f" ({what})" if what else "")
 
 
 _perf = time.perf_counter
@@ -349,9 +357,7 @@ class Recorder:
             if not incomplete and len(pending) >= FOLD_BATCH:
                 self._try_fold()
         except Exception:
-            logger.debug("tokenmetry: finishing a call failed", exc_info=True)
-            warn_once("finish", "tokenmetry: could not record a call (further failures of this kind "
-                      "are logged at DEBUG)")
+            report_failure("finish", "recording a call")
         finally:
             call.request_body = None
             call.text_parts = None
@@ -406,9 +412,7 @@ class Recorder:
                 try:
                     self._apply(call, stats)
                 except Exception:
-                    logger.debug("tokenmetry: adding a call to its session failed", exc_info=True)
-                    warn_once("apply", "tokenmetry: could not add a call to its session or the "
-                              "statistics (further failures of this kind are logged at DEBUG)")
+                    report_failure("apply", "adding a call to its session and the statistics")
         finally:
             self._folding_thread = None
 
@@ -431,9 +435,7 @@ class Recorder:
             if reader is not None:
                 reader(call, usage)
         except Exception:  # the estimate below still fills the usage
-            logger.debug("tokenmetry: reading a stream's usage failed", exc_info=True)
-            warn_once("late-usage", "tokenmetry: could not read a stream's usage (further failures of "
-                      "this kind are logged at DEBUG)")
+            report_failure("late-usage", "reading a stream's usage")
 
     def _fill_estimate(self, call: Call) -> None:
         estimate = self._estimate

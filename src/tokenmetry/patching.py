@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from .call import Call, current_call, logger, recorder, warn_once
+from .call import Call, current_call, recorder, report_failure
 from .errors import BudgetExceeded
 from .providers.base import Endpoint
 from .streams import aobserve, observe
@@ -65,11 +65,8 @@ class CallScope:
 _scope: contextvars.ContextVar[CallScope | None] = contextvars.ContextVar("tokenmetry_scope", default=None)
 
 
-def failed(kind: str) -> None:
-    """An instrumentation step failed: log it (once per kind at WARNING), never raise."""
-    logger.debug("tokenmetry: instrumentation step %r failed", kind, exc_info=True)
-    warn_once(kind, "tokenmetry: instrumentation step %r failed; the call goes on unchanged "
-              "(further failures of this kind are logged at DEBUG)", kind)
+#: an instrumentation step failed: its traceback at DEBUG, one WARNING per kind, never raises
+failed = report_failure
 
 
 # ----------------------------------------------------------------------------- lifecycle steps

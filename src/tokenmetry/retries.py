@@ -167,10 +167,9 @@ def retry_hooks(*, before: Callable[[Any], Any] | None = None,
 
 
 def _hook_failed() -> None:
-    from .call import logger, warn_once
+    from .call import report_failure
 
-    logger.debug("tokenmetry: retry hook failed", exc_info=True)
-    warn_once("retry-hook", "tokenmetry: a retry hook failed (further failures logged at DEBUG)")
+    report_failure("retry-hook", "a tenacity retry hook")
 
 
 # ----------------------------------------------------------------------------- the decorator

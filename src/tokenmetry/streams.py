@@ -83,7 +83,6 @@ def _scratch(call: Call) -> Call:
 
 
 def _reader_failed() -> None:
-    from .call import logger, warn_once
+    from .call import report_failure
 
-    logger.debug("tokenmetry: reading a stream chunk failed", exc_info=True)
-    warn_once("chunk", "tokenmetry: could not read a stream chunk (further failures logged at DEBUG)")
+    report_failure("chunk", "reading a stream chunk")

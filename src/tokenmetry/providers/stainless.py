@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..call import Call, current_call, logger, recorder, warn_once
+from ..call import Call, current_call, recorder, report_failure
 from ..errors import BudgetExceeded
 from ..patching import bind
 from ..retries import retry_after_seconds, retry_cause
@@ -522,7 +522,4 @@ def _deliver_all(call: Call, chunk: Any) -> bool:
     return True
 
 
-def _failed(kind: str) -> None:
-    logger.debug("tokenmetry: instrumentation step %r failed", kind, exc_info=True)
-    warn_once(kind, "tokenmetry: instrumentation step %r failed; the call goes on unchanged "
-              "(further failures of this kind are logged at DEBUG)", kind)
+_failed = report_failure
