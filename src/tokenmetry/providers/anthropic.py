@@ -24,7 +24,6 @@ or kept as a child whose ``gen_ai.usage.*`` attributes are withheld, so the trac
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 from typing import Any
 
 from ..call import Call, current_call, recorder
@@ -40,9 +39,18 @@ COUNT_TOKENS_ATTRIBUTE = "tokenmetry.counted.input_tokens"
 
 
 def _value(entry: Any, name: str) -> Any:
-    """A field of a usage object: an SDK model, or a plain dict when the SDK's type lacks the field."""
-    if isinstance(entry, Mapping):
+    """A field of a usage object: an SDK model, or a plain dict (parsed JSON) when the SDK's type
+    lacks the field. Runs about ten times per call, so it looks where pydantic keeps values (declared
+    fields in ``__dict__``, others in ``__pydantic_extra__``) instead of ``getattr``, whose miss on
+    a field the SDK's version does not declare raises and catches an ``AttributeError``."""
+    if isinstance(entry, dict):
         return entry.get(name)
+    fields = getattr(entry, "__dict__", None)
+    if fields is not None and name in fields:
+        return fields[name]
+    extra = getattr(entry, "__pydantic_extra__", None)
+    if extra is not None:
+        return extra.get(name)
     return getattr(entry, name, None)
 
 
