@@ -32,9 +32,12 @@ Modes (each in fresh processes of its own):
 Method (``--method paired``, the default): one process holds two clients of the same SDK, one bare
 and one instrumented on that instance only (``tokenmetry.wrap(client)`` after
 ``tokenmetry.instrument(providers=[], tracer_provider=..., meter_provider=...)``, which sets the
-options and patches nothing; the yardsticks wrap that client's resource method). Calls alternate
-bare / instrumented, the order flipped every pair, and each call's CPU time is read with
-``time.process_time`` (every thread of the process: the batch span processor's worker counts).
+options and patches nothing; the yardsticks wrap that client's resource method). Groups of
+``--group`` calls (16) alternate bare / instrumented, the order flipped every pair, and each group's
+CPU time is read with ``time.process_time`` (every thread of the process: the batch span
+processor's worker counts) and divided by its calls. tokenmetry applies finished calls to sessions
+and statistics in batches of 16 (``tokenmetry.pending``): a group of 16 holds one batch, so that
+work is in every measured figure rather than in one call in 16 that the median would skip.
 A pair sees the same machine state, so its difference cancels the drift of a busy machine that
 separate runs do not (this machine's bare call varies by 2x over minutes). The added cost is the
 median of the paired differences, with a distribution-free 95% confidence interval of that median;
@@ -661,16 +664,23 @@ class YardstickFull(Yardstick):
     """The yardstick made to emit what tokenmetry emits for an OpenAI call: the same span attributes
     (conversation id, usage source, retries, throttle wait, cache and reasoning tokens, cost) and
     the same metric points (plus the cache-read token counter and the cost counter), with a
-    hard-coded price. The gap between tokenmetry and this one is tokenmetry's own machinery
-    (sessions, statistics, rate limits, price lookup, adapters), not the telemetry volume."""
+    hard-coded price. Like tokenmetry, it keeps the two counters as running totals observed when
+    the SDK collects (the cheapest way to emit them). The gap between tokenmetry and this one is
+    tokenmetry's own machinery (sessions, statistics, rate limits, price lookup, adapters), not the
+    telemetry volume SPEC §7 asks for."""
 
     scope = "bench.yardstick-full"
 
     def __init__(self, sdk: OTelSDK, provider: str) -> None:
         super().__init__(sdk, provider)
         meter = sdk.meter_provider.get_meter(self.scope)
-        self.tokens = meter.create_counter("tokenmetry.tokens", unit="{token}")
-        self.cost = meter.create_counter("tokenmetry.cost", unit="USD")
+        self._token_totals: dict[frozenset[Any], list[Any]] = {}
+        self._cost_totals: dict[frozenset[Any], list[Any]] = {}
+        self._totals_lock = threading.Lock()
+        meter.create_observable_counter("tokenmetry.tokens", callbacks=[self._observer(self._token_totals)],
+                                        unit="{token}")
+        meter.create_observable_counter("tokenmetry.cost", callbacks=[self._observer(self._cost_totals)],
+                                        unit="USD")
         self.time_to_first_chunk = meter.create_histogram(
             "gen_ai.client.operation.time_to_first_chunk", unit="s",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
@@ -681,6 +691,24 @@ class YardstickFull(Yardstick):
     def _openai_stream(self, stream: Any, span: Any, attributes: dict[str, Any], started: float,
                        hide_usage_chunk: bool) -> Any:
         return _OpenAIStreamFull(stream, self, span, attributes, started, hide_usage_chunk)
+
+    def _observer(self, totals: dict[frozenset[Any], list[Any]]) -> Callable[[Any], list[Any]]:
+        from opentelemetry.metrics import Observation
+
+        def observe(_: Any) -> list[Any]:
+            with self._totals_lock:
+                return [Observation(amount, attributes) for attributes, amount in totals.values()]
+
+        return observe
+
+    def _add(self, totals: dict[frozenset[Any], list[Any]], attributes: dict[str, Any], amount: float) -> None:
+        key = frozenset(attributes.items())
+        with self._totals_lock:
+            entry = totals.get(key)
+            if entry is None:
+                totals[key] = [attributes, amount]
+            else:
+                entry[1] += amount
 
     def _start(self, operation: str, provider: str, model: str | None, address: str | None,
                port: int | None, stream: bool) -> tuple[Any, dict[str, Any], object]:
@@ -739,9 +767,9 @@ class YardstickFull(Yardstick):
             self.token_usage.record(input_tokens, {**metric_attributes, "gen_ai.token.type": "input"})
             self.token_usage.record(output_tokens, {**metric_attributes, "gen_ai.token.type": "output"})
         if cache_read:
-            self.tokens.add(cache_read, {**metric_attributes, "tokenmetry.token.kind": "cache_read"})
+            self._add(self._token_totals, {**metric_attributes, "tokenmetry.token.kind": "cache_read"}, cache_read)
         if cost is not None:
-            self.cost.add(float(cost), {**metric_attributes, "tokenmetry.cost.currency": "USD"})
+            self._add(self._cost_totals, {**metric_attributes, "tokenmetry.cost.currency": "USD"}, float(cost))
 
 
 def _stream_proxy_base() -> type:
