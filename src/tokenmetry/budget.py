@@ -122,7 +122,7 @@ class Budget:
         """Before a call is sent: refuse it (``mode="raise"``) or warn when it would pass the limit."""
         tokens, cost = self._estimate(call)
         with self._lock:
-            problem = None
+            problem: tuple[str, Any, Any, Any] | None = None
             if self.max_tokens is not None and \
                     self.used_tokens + self._reserved_tokens + tokens > self.max_tokens:
                 problem = ("tokens", self.used_tokens + self._reserved_tokens, tokens, self.max_tokens)

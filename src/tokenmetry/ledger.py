@@ -333,7 +333,7 @@ class Ledger:
 
     # ----------------------------------------------------------------- writer thread
     def _drain(self) -> list[Any]:
-        items = []
+        items: list[Any] = []
         while True:
             try:
                 item = self._queue.get_nowait()

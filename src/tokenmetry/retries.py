@@ -217,7 +217,7 @@ def retry(fn: F | None = None, *, attempts: int = 5, initial_delay: float = 0.5,
             raise TokenmetryError(f"tokenmetry.retry: {name} must be a number >= 0, got {value!r}")
     import tenacity
 
-    decorator = tenacity.retry(
+    decorator = tenacity.retry(  # type: ignore[call-overload]  # hooks passed as **kwargs
         stop=tenacity.stop_after_attempt(attempts),
         wait=RetryAfterWait(initial_delay, max_delay, multiplier, jitter, max_retry_after),
         retry=tenacity.retry_if_exception(retry_on or is_retryable),

@@ -242,7 +242,7 @@ class _Instruments:
         def rate_limit_remaining(_: CallbackOptions) -> list[Observation]:
             points = []
             for key, values in stats().rate_limits().items():
-                provider, _, model = key.partition("/")
+                provider, _slash, model = key.partition("/")
                 for kind in ("requests", "tokens", "input_tokens", "output_tokens"):
                     value = values.get(f"remaining_{kind}")
                     if value is not None:

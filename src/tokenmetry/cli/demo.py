@@ -274,7 +274,8 @@ class Demo:
             self.console.file.flush()
 
         error: BaseException | None = None
-        self._turn_records = collected = []
+        collected: list[Any] = []
+        self._turn_records = collected
         with state.session, state.session.turn() as number:
             try:
                 for attempt in range(self.max_continuations + 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -77,6 +78,6 @@ def price(model: str, input_tokens: int | None, output_tokens: int, cached: int 
             click.echo(f"  {part.replace('_', ' ')}: {money(value, cost.currency)}")
 
 
-def _tiers(value: list[object]) -> str:
+def _tiers(value: list[Any]) -> str:
     base, tiers = value
-    return f"{base}, " + ", ".join(f"{price} above {start} input tokens" for start, price in tiers.items())  # type: ignore[union-attr]
+    return f"{base}, " + ", ".join(f"{price} above {start} input tokens" for start, price in tiers.items())

@@ -264,6 +264,8 @@ class AnthropicAdapter(StainlessAdapter):
     package = "anthropic"
     name = "anthropic"
     rate_limit_headers = read_ratelimit_headers
+    #: the module whose start_api_call_span the SDK's own tracing calls (None: the SDK has none)
+    _tracing_home: Any = None
 
     def available(self) -> bool:
         if not super().available():

@@ -162,7 +162,8 @@ class StainlessAdapter:
         model, stream, body = self.request_facts(options)
         call = recorder.begin(target.provider, endpoint.operation, model, stream,
                               target.server_address, target.server_port, body)
-        if stream and endpoint.prepare is not None and isinstance(body, Mapping) and not _reads_raw_bytes(options):
+        if stream and endpoint.prepare is not None and isinstance(body, Mapping) and options is not None \
+                and not _reads_raw_bytes(options):
             replacement = endpoint.prepare(call, body)
             if replacement is not None:
                 options.json_data = replacement
@@ -316,7 +317,7 @@ class StainlessAdapter:
             recorder.finish(call)
 
     # ----------------------------------------------------------------- subclasses swapped in
-    def _tracked_class(self, cls: type, is_async: bool) -> type:
+    def _tracked_class(self, cls: Any, is_async: bool) -> type:
         tracked = self._tracked_classes.get(cls)
         if tracked is not None:
             return tracked
@@ -344,7 +345,7 @@ class StainlessAdapter:
         self._tracked_classes[cls] = tracked
         return tracked
 
-    def _tracked_raw_class(self, cls: type) -> type:
+    def _tracked_raw_class(self, cls: Any) -> type:
         tracked = self._tracked_classes.get(cls)
         if tracked is not None:
             return tracked

@@ -713,7 +713,7 @@ def _openai_chat(a: _Answer) -> SentResponse:
     head = {"id": rid, "object": "chat.completion", "created": created, "model": model}
     tail = {"service_tier": _served_tier(body), "system_fingerprint": "fp_local"}
     if not a.request.stream:
-        message = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
         doc = {
             **head,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
@@ -969,7 +969,7 @@ def _openai_responses_retrieve(a: _Answer) -> SentResponse:
 # ---- Anthropic ------------------------------------------------------------------------------------
 
 
-def _served_tier(body: dict[str, Any]) -> str:
+def _served_tier(body: Mapping[str, Any]) -> str:
     """The service tier an OpenAI response reports: the one asked for, ``default`` for ``auto``."""
     asked = body.get("service_tier")
     return asked if isinstance(asked, str) and asked not in ("auto", "") else "default"
@@ -1215,7 +1215,7 @@ def _gemini_generate(a: _Answer) -> SentResponse:
     for i, parts in enumerate(parts_per_chunk):
         last = i == len(parts_per_chunk) - 1
         if not parts[0].get("thought"):
-            words_so_far += word_count(parts[0]["text"])
+            words_so_far += word_count(str(parts[0]["text"]))
         chunk_usage: dict[str, Any] | None = None
         if not omit and (every or last):
             chunk_usage = usage if last else _gemini_partial_usage(a, usage, words_so_far)
@@ -1374,7 +1374,8 @@ class _HTTPServer(ThreadingHTTPServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn), slow or hanging offline: skip it.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, self.server_port = self.server_address[:2]
+        self.server_name = host if isinstance(host, str) else host.decode()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients dropping pooled keep-alive connections is normal: keep that out of stderr, but
