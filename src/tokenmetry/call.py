@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import Options
 from .pending import FOLD_BATCH, set_applier
-from .rate import ProcessStats
+from .rate import ProcessStats, add_wait
 from .session import Session, current_session
 from .usage import CallRecord, Cost, Usage
 
@@ -152,12 +152,7 @@ class Call:
     def note_retry(self, *, attempt: int, status: int | None, retry_after_s: float | None,
                    slept_s: float, cause: str) -> None:
         """One backoff sleep that really happened before attempt ``attempt`` (1-based retry)."""
-        self.retries += 1
-        if cause == "throttle":
-            self.throttle_events += 1
-            self.throttle_wait_s += slept_s
-        else:
-            self.retry_wait_s += slept_s
+        add_wait(self, slept_s, cause)
         if self.retry_events is None:
             self.retry_events = []
         self.retry_events.append({

@@ -60,6 +60,17 @@ class RateWindow:
         return self.total(now) * 60.0 / self.window_s
 
 
+def add_wait(holder: Any, slept_s: float, cause: str) -> None:
+    """Count one retry's wait on ``holder`` (a ``Totals`` or a ``Call``: both keep ``retries``,
+    ``throttle_events``, ``throttle_wait_s`` and ``retry_wait_s``); ``cause`` "throttle" is an HTTP 429."""
+    holder.retries += 1
+    if cause == "throttle":
+        holder.throttle_events += 1
+        holder.throttle_wait_s += slept_s
+    else:
+        holder.retry_wait_s += slept_s
+
+
 class Totals:
     """Running totals of calls: a session's, or the statistics' per (provider, model), summed at read
     time into a provider's and the process's. Not locked: the owner serialises changes."""
@@ -111,12 +122,7 @@ class Totals:
 
     def add_retry(self, slept_s: float, cause: str) -> None:
         """A wait of a retry loop between whole calls (no call of its own to carry it)."""
-        self.retries += 1
-        if cause == "throttle":
-            self.throttle_events += 1
-            self.throttle_wait_s += slept_s
-        else:
-            self.retry_wait_s += slept_s
+        add_wait(self, slept_s, cause)
 
     def absorb(self, other: Totals) -> None:
         """Add ``other``'s totals and window into this one (both have the same window length)."""
