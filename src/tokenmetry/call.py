@@ -361,8 +361,7 @@ class Recorder:
     def _price_now(self, call: Call) -> None:
         call.priced = True
         if call.input_tokens or call.output_tokens:
-            price = self._price
-            call.cost = price(call, self.options) if price is not None else self._cost(call)
+            call.cost = self._cost(call)
 
     def _notify(self, call: Call) -> None:
         """The internal sinks (the ledger) and the ``on_record`` callbacks."""

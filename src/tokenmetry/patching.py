@@ -36,7 +36,7 @@ from .providers.base import Endpoint
 from .streams import aobserve, observe
 
 __all__ = ["CallScope", "sync_call", "async_call", "sync_stream", "async_stream", "sync_attempt",
-           "async_attempt", "bind", "failed"]
+           "async_attempt", "bind"]
 
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 Begin = Callable[[Any, tuple[Any, ...], dict[str, Any]], "tuple[Endpoint, Call] | None"]
@@ -65,10 +65,6 @@ class CallScope:
 _scope: contextvars.ContextVar[CallScope | None] = contextvars.ContextVar("tokenmetry_scope", default=None)
 
 
-#: an instrumentation step failed: its traceback at DEBUG, one WARNING per kind, never raises
-failed = report_failure
-
-
 # ----------------------------------------------------------------------------- lifecycle steps
 def _start(begin: Begin, instance: Any, args: tuple[Any, ...],
            kwargs: dict[str, Any]) -> tuple[Endpoint, Call] | None:
@@ -79,7 +75,7 @@ def _start(begin: Begin, instance: Any, args: tuple[Any, ...],
     except BudgetExceeded:
         raise  # the budget refuses the call before anything is sent: the user asked for this
     except Exception:
-        failed("begin")
+        report_failure("begin")
         return None
 
 
@@ -99,7 +95,7 @@ def _settle(call: Call, endpoint: Endpoint, result: Any) -> None:
     try:
         endpoint.read_response(call, result)
     except Exception:
-        failed("response")
+        report_failure("response")
     recorder.finish(call)
 
 
@@ -109,7 +105,7 @@ def _fail(scope: CallScope, endpoint: Endpoint, error: BaseException, salvage: S
         try:
             salvage(call, endpoint, scope.response)
         except Exception:
-            failed("salvage")
+            report_failure("salvage")
     recorder.fail(call, error)
 
 
@@ -239,7 +235,7 @@ def _note_backoff(scope: CallScope) -> None:
         recorder.note_retry(call, attempt=call.retries + 1, status=status,
                             retry_after_s=scope.failed_retry_after, slept_s=slept, cause=retry_cause(status))
     except Exception:
-        failed("retry")
+        report_failure("retry")
 
 
 def _note_failure(scope: CallScope, error: BaseException, describe_error: DescribeError) -> None:
@@ -248,7 +244,7 @@ def _note_failure(scope: CallScope, error: BaseException, describe_error: Descri
         scope.failed_status, scope.failed_retry_after = describe_error(error)
     except Exception:
         scope.failed_status = scope.failed_retry_after = None
-        failed("retry")
+        report_failure("retry")
 
 
 def sync_attempt(describe_error: DescribeError) -> Wrapper:

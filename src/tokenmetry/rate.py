@@ -206,7 +206,7 @@ class ProcessStats:
         """Keep a response's rate-limit figures for ``provider/model``: ``values`` already read, or
         the response's ``headers`` that ``parser`` (a ``RateLimitHeaders``) reads when someone asks
         (``values`` stand in when the headers carry none). The latest figure of each kind wins."""
-        key = f"{provider}/{model or 'unknown'}"  # model_key(), inlined: once per call
+        key = model_key(provider, model)
         entry = (parser, headers, values)
         with self._lock:
             unread = self._unread.get(key)

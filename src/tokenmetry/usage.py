@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["Usage", "Cost", "CallRecord", "TokenCount", "PerformanceSnapshot", "ModelStats"]
 
 
-def _add_optional(a: int | None, b: int | None) -> int | None:
+_Number = TypeVar("_Number", int, Decimal)
+
+
+def add_optional(a: _Number | None, b: _Number | None) -> _Number | None:
+    """``a + b`` where ``None`` means "not reported": None only when both are None."""
     if a is None:
         return b
     if b is None:
@@ -50,10 +54,10 @@ class Usage:
         return Usage(
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
-            _add_optional(self.cache_read_tokens, other.cache_read_tokens),
-            _add_optional(self.cache_write_tokens, other.cache_write_tokens),
-            _add_optional(self.reasoning_tokens, other.reasoning_tokens),
-            _add_optional(self.tool_tokens, other.tool_tokens),
+            add_optional(self.cache_read_tokens, other.cache_read_tokens),
+            add_optional(self.cache_write_tokens, other.cache_write_tokens),
+            add_optional(self.reasoning_tokens, other.reasoning_tokens),
+            add_optional(self.tool_tokens, other.tool_tokens),
         )
 
     def __radd__(self, other: object) -> Usage:
@@ -92,20 +96,13 @@ class Cost:
         if other.currency != self.currency:
             raise ValueError(f"cannot add costs in {self.currency} and {other.currency}")
 
-        def plus(a: Decimal | None, b: Decimal | None) -> Decimal | None:
-            if a is None:
-                return b
-            if b is None:
-                return a
-            return a + b
-
         return Cost(
             self.amount + other.amount,
             self.currency,
-            plus(self.input, other.input),
-            plus(self.output, other.output),
-            plus(self.cache_read, other.cache_read),
-            plus(self.cache_write, other.cache_write),
+            add_optional(self.input, other.input),
+            add_optional(self.output, other.output),
+            add_optional(self.cache_read, other.cache_read),
+            add_optional(self.cache_write, other.cache_write),
             self.source if self.source == other.source else "mixed",
         )
 

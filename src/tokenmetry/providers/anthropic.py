@@ -26,11 +26,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..call import Call, current_call, recorder
+from ..call import Call, current_call, recorder, report_failure
 from ..streams import ChunkReader
 from ..telemetry import stand_in_span, without_usage
 from .base import Endpoint, Patch, RateLimitHeaders, RateLimitTable, Target
-from .stainless import StainlessAdapter, _failed
+from .stainless import StainlessAdapter
 
 __all__ = ["AnthropicAdapter", "adapter", "COUNT_TOKENS_ATTRIBUTE", "read_ratelimit_headers"]
 
@@ -233,13 +233,13 @@ def _sdk_span(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[s
         try:
             return stand_in_span(call.span)
         except Exception:
-            _failed("sdk_span")
+            report_failure("sdk_span")
             return wrapped(*args, **kwargs)
     span = wrapped(*args, **kwargs)
     try:
         return without_usage(span)
     except Exception:
-        _failed("sdk_span")
+        report_failure("sdk_span")
         return span
 
 

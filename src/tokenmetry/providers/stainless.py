@@ -188,7 +188,7 @@ class StainlessAdapter:
         except BudgetExceeded:
             raise
         except Exception:
-            _failed("begin")
+            report_failure("begin")
             begun = None
         if begun is None:
             return wrapped(*args, **kwargs)
@@ -215,7 +215,7 @@ class StainlessAdapter:
         except BudgetExceeded:
             raise
         except Exception:
-            _failed("begin")
+            report_failure("begin")
             begun = None
         if begun is None:
             return await wrapped(*args, **kwargs)
@@ -248,7 +248,7 @@ class StainlessAdapter:
             else:
                 self._track_stream(result, endpoint, call, is_async=kind is _ASYNC_STREAM)
         except Exception:
-            _failed("response")
+            report_failure("response")
             recorder.finish(call)
         return result
 
@@ -313,7 +313,7 @@ class StainlessAdapter:
                 endpoint.read_response(call, parsed)
                 recorder.finish(call)
         except Exception:
-            _failed("response")
+            report_failure("response")
             recorder.finish(call)
 
     # ----------------------------------------------------------------- subclasses swapped in
@@ -420,7 +420,7 @@ class StainlessAdapter:
             try:
                 self.read_headers(call, headers)
             except Exception:
-                _failed("headers")
+                report_failure("headers")
 
     def _retry_facts(self, call: Call, kwargs: Mapping[str, Any]) -> tuple[int, int | None, float | None] | None:
         """(retry number, status, seconds asked) of the retry about to sleep; reads the failed
@@ -434,10 +434,10 @@ class StainlessAdapter:
             try:
                 self.read_headers(call, headers)
             except Exception:
-                _failed("headers")
+                report_failure("headers")
             return attempt, response.status_code, retry_after_seconds(headers)
         except Exception:
-            _failed("retry")
+            report_failure("retry")
             return None
 
     def _process_response(self, wrapped: Any, client: Any, args: tuple[Any, ...],
@@ -451,7 +451,7 @@ class StainlessAdapter:
                     call.headers = response.headers
                     call.header_reader = self.rate_limit_headers
                 except Exception:
-                    _failed("headers")
+                    report_failure("headers")
         return wrapped(*args, **kwargs)
 
 
@@ -463,7 +463,7 @@ def _note_sleep(call: Call, retry: tuple[int, int | None, float | None] | None, 
         recorder.note_retry(call, attempt=attempt, status=status, retry_after_s=retry_after, slept_s=slept,
                             cause=retry_cause(status))
     except Exception:
-        _failed("retry")
+        report_failure("retry")
 
 
 def _helper_patches(module: Any, class_name: str) -> list[Patch]:
@@ -493,7 +493,7 @@ def _helper_close(wrapped: Any, helper: Any, args: tuple[Any, ...], kwargs: dict
     try:
         _finish_helper(helper)
     except Exception:
-        _failed("stream")
+        report_failure("stream")
     return wrapped(*args, **kwargs)
 
 
@@ -501,7 +501,7 @@ async def _helper_aclose(wrapped: Any, helper: Any, args: tuple[Any, ...], kwarg
     try:
         _finish_helper(helper)
     except Exception:
-        _failed("stream")
+        report_failure("stream")
     return await wrapped(*args, **kwargs)
 
 
@@ -522,5 +522,3 @@ def _is_async_response(response: Any) -> bool:
 def _deliver_all(call: Call, chunk: Any) -> bool:
     return True
 
-
-_failed = report_failure
