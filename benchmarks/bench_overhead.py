@@ -264,24 +264,46 @@ class Scenario:
     expected_chunks: int  # what the user must see (0 for a non-streamed call)
 
 
-def _openai_client() -> Any:
+def _mock_http_client(content_type: str, sse_content_type: str, vendor_headers: dict[str, str], body: bytes,
+                      stream_events: Callable[[Any], list[bytes] | None]) -> Any:
+    """An ``httpx2.Client`` answering every request in process: the SSE events ``stream_events``
+    gives for a streamed request, else the JSON ``body``, with the vendor's response headers."""
     import httpx2
-    import openai
 
-    body = openai_chat_body()
-    streams = {True: openai_stream_events(True), False: openai_stream_events(False)}
-    json_headers = {"content-type": "application/json", **OPENAI_HEADERS}
-    sse_headers = {"content-type": "text/event-stream; charset=utf-8", **OPENAI_HEADERS}
+    json_headers = {"content-type": content_type, **vendor_headers}
+    sse_headers = {"content-type": sse_content_type, **vendor_headers}
 
     def handler(request: Any) -> Any:
-        sent = json.loads(request.content)
-        if sent.get("stream"):
-            include_usage = bool((sent.get("stream_options") or {}).get("include_usage"))
-            return httpx2.Response(200, headers=sse_headers, content=iter(streams[include_usage]))
+        events = stream_events(request)
+        if events is not None:
+            return httpx2.Response(200, headers=sse_headers, content=iter(events))
         return httpx2.Response(200, headers=json_headers, content=body)
 
-    return openai.OpenAI(api_key="sk-bench", max_retries=0,
-                         http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+    return httpx2.Client(transport=httpx2.MockTransport(handler))
+
+
+def _count(chunks: Any) -> int:
+    """Consume a stream as a user would; the chunks the user saw."""
+    seen = 0
+    for _ in chunks:
+        seen += 1
+    return seen
+
+
+def _openai_client() -> Any:
+    import openai
+
+    streams = {True: openai_stream_events(True), False: openai_stream_events(False)}
+
+    def stream_events(request: Any) -> list[bytes] | None:
+        sent = json.loads(request.content)
+        if not sent.get("stream"):
+            return None
+        return streams[bool((sent.get("stream_options") or {}).get("include_usage"))]
+
+    return openai.OpenAI(api_key="sk-bench", max_retries=0, http_client=_mock_http_client(
+        "application/json", "text/event-stream; charset=utf-8", OPENAI_HEADERS, openai_chat_body(),
+        stream_events))
 
 
 def _openai_chat(client: Any) -> int:
@@ -290,36 +312,21 @@ def _openai_chat(client: Any) -> int:
 
 
 def _openai_stream(client: Any) -> int:
-    seen = 0
-    for _ in client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, stream=True,
-                                            stream_options={"include_usage": True}):
-        seen += 1
-    return seen
+    return _count(client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, stream=True,
+                                                 stream_options={"include_usage": True}))
 
 
 def _openai_stream_no_usage_asked(client: Any) -> int:
-    seen = 0
-    for _ in client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, stream=True):
-        seen += 1
-    return seen
+    return _count(client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, stream=True))
 
 
 def _anthropic_client() -> Any:
     import anthropic
-    import httpx2
 
-    body = anthropic_message_body()
     events = anthropic_stream_events()
-    json_headers = {"content-type": "application/json", **ANTHROPIC_HEADERS}
-    sse_headers = {"content-type": "text/event-stream; charset=utf-8", **ANTHROPIC_HEADERS}
-
-    def handler(request: Any) -> Any:
-        if json.loads(request.content).get("stream"):
-            return httpx2.Response(200, headers=sse_headers, content=iter(events))
-        return httpx2.Response(200, headers=json_headers, content=body)
-
-    return anthropic.Anthropic(api_key="sk-ant-bench", max_retries=0,
-                               http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+    return anthropic.Anthropic(api_key="sk-ant-bench", max_retries=0, http_client=_mock_http_client(
+        "application/json", "text/event-stream; charset=utf-8", ANTHROPIC_HEADERS, anthropic_message_body(),
+        lambda request: events if json.loads(request.content).get("stream") else None))
 
 
 def _anthropic_call(client: Any) -> int:
@@ -329,30 +336,18 @@ def _anthropic_call(client: Any) -> int:
 
 
 def _anthropic_stream(client: Any) -> int:
-    seen = 0
-    for _ in client.messages.create(model="claude-sonnet-4-6", max_tokens=1024,
-                                    system=PROMPT[0]["content"], messages=PROMPT[1:], stream=True):
-        seen += 1
-    return seen
+    return _count(client.messages.create(model="claude-sonnet-4-6", max_tokens=1024,
+                                         system=PROMPT[0]["content"], messages=PROMPT[1:], stream=True))
 
 
 def _gemini_client() -> Any:
-    import httpx2
     from google import genai
     from google.genai import types
 
-    body = gemini_body()
     events = gemini_stream_events()
-    json_headers = {"content-type": "application/json; charset=UTF-8", **GEMINI_HEADERS}
-    sse_headers = {"content-type": "text/event-stream", **GEMINI_HEADERS}
-
-    def handler(request: Any) -> Any:
-        if request.url.path.endswith(":streamGenerateContent"):
-            return httpx2.Response(200, headers=sse_headers, content=iter(events))
-        return httpx2.Response(200, headers=json_headers, content=body)
-
-    return genai.Client(api_key="bench-key", http_options=types.HttpOptions(
-        httpx_client=httpx2.Client(transport=httpx2.MockTransport(handler))))
+    return genai.Client(api_key="bench-key", http_options=types.HttpOptions(httpx_client=_mock_http_client(
+        "application/json; charset=UTF-8", "text/event-stream", GEMINI_HEADERS, gemini_body(),
+        lambda request: events if request.url.path.endswith(":streamGenerateContent") else None)))
 
 
 _GEMINI_CONTENTS = PROMPT[1]["content"]
@@ -364,10 +359,7 @@ def _gemini_call(client: Any) -> int:
 
 
 def _gemini_stream(client: Any) -> int:
-    seen = 0
-    for _ in client.models.generate_content_stream(model="gemini-2.5-flash", contents=_GEMINI_CONTENTS):
-        seen += 1
-    return seen
+    return _count(client.models.generate_content_stream(model="gemini-2.5-flash", contents=_GEMINI_CONTENTS))
 
 
 SCENARIOS: dict[tuple[str, str], Scenario] = {
