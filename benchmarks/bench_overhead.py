@@ -770,24 +770,32 @@ def _stream_proxy_base() -> type:
     return wrapt.ObjectProxy  # type: ignore[no-any-return]
 
 
-class _OpenAIStream(_stream_proxy_base()):  # type: ignore[misc]
-    """The yardstick's stream wrapper: reads the usage chunk, ends the span at the end."""
+class _YardstickStream(_stream_proxy_base()):  # type: ignore[misc]
+    """A yardstick's stream wrapper: the SDK's stream, plus the span to end when it is consumed."""
 
     def __init__(self, stream: Any, yardstick: Yardstick, span: Any, attributes: dict[str, Any],
-                 started: float, hide_usage_chunk: bool) -> None:
+                 started: float) -> None:
         super().__init__(stream)
         self._self_yardstick = yardstick
         self._self_span = span
         self._self_attributes = attributes
         self._self_started = started
+
+    def __iter__(self) -> Any:
+        return self
+
+
+class _OpenAIStream(_YardstickStream):
+    """The yardstick's stream wrapper: reads the usage chunk, ends the span at the end."""
+
+    def __init__(self, stream: Any, yardstick: Yardstick, span: Any, attributes: dict[str, Any],
+                 started: float, hide_usage_chunk: bool) -> None:
+        super().__init__(stream, yardstick, span, attributes, started)
         self._self_hide = hide_usage_chunk
         self._self_usage: Any = None
         self._self_model: str | None = None
         self._self_id: str | None = None
         self._self_finish: list[str] = []
-
-    def __iter__(self) -> Any:
-        return self
 
     def __next__(self) -> Any:
         while True:
@@ -837,21 +845,14 @@ class _OpenAIStreamFull(_OpenAIStream):
                           chunks=self._self_chunks)
 
 
-class _AnthropicStream(_stream_proxy_base()):  # type: ignore[misc]
+class _AnthropicStream(_YardstickStream):
     def __init__(self, stream: Any, yardstick: Yardstick, span: Any, attributes: dict[str, Any],
                  started: float) -> None:
-        super().__init__(stream)
-        self._self_yardstick = yardstick
-        self._self_span = span
-        self._self_attributes = attributes
-        self._self_started = started
+        super().__init__(stream, yardstick, span, attributes, started)
         self._self_message: Any = None
         self._self_input: int | None = None
         self._self_output: int | None = None
         self._self_stop: list[str] = []
-
-    def __iter__(self) -> Any:
-        return self
 
     def __next__(self) -> Any:
         try:
