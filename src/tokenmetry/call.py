@@ -20,7 +20,8 @@ from typing import Any
 from .config import Options
 from .pending import FOLD_BATCH, set_applier
 from .rate import ProcessStats, add_wait
-from .session import Session, current_session
+from .session import Session, current_session, sessions
+from .session import _current as _current_session
 from .usage import CallRecord, Cost, Usage
 
 __all__ = ["Call", "Recorder", "recorder", "current_call", "warn_once", "report_failure"]
@@ -57,18 +58,44 @@ last_failed_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar("
 
 
 class Call:
-    """Mutable state of one call while it runs; frozen into a CallRecord once finished."""
+    """Mutable state of one call while it runs; frozen into a CallRecord once finished.
+
+    Every call sets the fields in ``__slots__`` (``__init__`` gives them their first value). The
+    fields below them, as class attributes, are the ones most calls never set (retries, streams,
+    errors, budgets, adapter extras): they read as these defaults until set, and setting one stores
+    it in the instance's ``__dict__``. Beginning a call stays a few dozen stores, not fifty.
+    """
 
     __slots__ = (
         "provider", "operation", "request_model", "response_model", "response_id", "stream",
         "server_address", "server_port", "session", "turn", "started_at", "t0", "duration_s",
-        "time_to_first_chunk_s", "chunks", "input_tokens", "output_tokens", "cache_read_tokens",
-        "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens", "tool_tokens", "usage_source",
-        "finish_reasons", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s", "retry_events",
-        "error_type", "cost", "span", "request_body", "text_parts", "withhold_usage_chunk", "done",
-        "reservation", "rate_limits", "attributes", "output_pending", "error_id", "_record",
-        "headers", "header_reader", "priced", "price_context", "late_usage", "late_usage_reader",
+        "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+        "usage_source", "finish_reasons", "error_type", "cost", "priced", "span", "request_body", "done",
+        "headers", "header_reader", "late_usage", "late_usage_reader", "__dict__",
     )
+
+    # ---- set by few calls (class-level defaults; see above)
+    time_to_first_chunk_s: float | None = None
+    chunks = 0
+    cache_write_1h_tokens: int | None = None
+    tool_tokens: int | None = None
+    retries = 0
+    throttle_events = 0
+    throttle_wait_s = 0.0
+    retry_wait_s = 0.0
+    retry_events: list[dict[str, Any]] | None = None
+    text_parts: list[str] | None = None
+    withhold_usage_chunk = False
+    reservation: Any = None
+    rate_limits: dict[str, Any] | None = None  # from a failed attempt's rate-limit headers
+    # adapter-specific facts for the span, under ``tokenmetry.*`` names (e.g. a counted figure)
+    attributes: dict[str, Any] | None = None
+    # the output count so far is a placeholder until the stream's final usage (Anthropic)
+    output_pending = False
+    error_id: int | None = None
+    _record: CallRecord | None = None
+    # what selects a price variant, as the response reports it (e.g. {"service_tier": "flex"})
+    price_context: dict[str, str] | None = None
 
     def __init__(self, provider: str, operation: str, request_model: str | None, stream: bool,
                  server_address: str | None, server_port: int | None, session: Session,
@@ -82,48 +109,27 @@ class Call:
         self.server_address = server_address
         self.server_port = server_port
         self.session = session
-        self.turn = session._current_turn()
+        self.turn = session._turn_var.get()
         self.started_at = _wall()
         self.t0 = _perf()
         self.duration_s = 0.0
-        self.time_to_first_chunk_s: float | None = None
-        self.chunks = 0
         self.input_tokens = 0
         self.output_tokens = 0
         self.cache_read_tokens: int | None = None
         self.cache_write_tokens: int | None = None
-        self.cache_write_1h_tokens: int | None = None
         self.reasoning_tokens: int | None = None
-        self.tool_tokens: int | None = None
         self.usage_source = "missing"
         self.finish_reasons: list[str] = []
-        self.retries = 0
-        self.throttle_events = 0
-        self.throttle_wait_s = 0.0
-        self.retry_wait_s = 0.0
-        self.retry_events: list[dict[str, Any]] | None = None
         self.error_type: str | None = None
         self.cost: Cost | None = None
+        self.priced = False  # cost settled (None included: unknown model, or no tokens)
         self.span: Any = None
         self.request_body = request_body  # kept only until finish, for estimates and content capture
-        self.text_parts: list[str] | None = None
-        self.withhold_usage_chunk = False
         self.done = False
-        self.reservation: Any = None
-        self.rate_limits: dict[str, Any] | None = None  # from the response's rate-limit headers
-        # adapter-specific facts for the span, under ``tokenmetry.*`` names (e.g. a counted figure)
-        self.attributes: dict[str, Any] | None = None
-        # the output count so far is a placeholder until the stream's final usage (Anthropic)
-        self.output_pending = False
-        self.error_id: int | None = None
-        self._record: CallRecord | None = None
         # the successful response's headers, unread, and their parser (a RateLimitHeaders): the
-        # statistics read the newest ones when asked for rate limits
+        # statistics read the newest ones when asked
         self.headers: Any = None
         self.header_reader: Any = None
-        self.priced = False  # cost settled (None included: unknown model, or no tokens)
-        # what selects a price variant, as the response reports it (e.g. {"service_tier": "flex"})
-        self.price_context: dict[str, str] | None = None
         # a stream's running usage that a chunk reader left to read once, when the call finishes
         # (every Gemini chunk repeats the totals so far: only the last one counts)
         self.late_usage: Any = None
@@ -138,7 +144,8 @@ class Call:
         self.cache_read_tokens = cache_read
         self.cache_write_tokens = cache_write
         self.reasoning_tokens = reasoning
-        self.tool_tokens = tool
+        if tool is not None or self.tool_tokens is not None:  # (a class default until set)
+            self.tool_tokens = tool
         self.usage_source = "provider"
 
     def add_text(self, text: str) -> None:
@@ -202,8 +209,6 @@ class Recorder:
         set_applier(self.fold)
 
     def configure(self, options: Options) -> None:
-        from .session import sessions
-
         self.fold()  # calls finished under the old options are applied with them
         self.options = options
         if options.tpm_window_s != self.stats._window_s:
@@ -242,7 +247,7 @@ class Recorder:
             self._warm_up()
         if len(self._pending) >= FOLD_BATCH:  # left by finalisers, which never apply calls themselves
             self._try_fold()
-        session = current_session()
+        session = _current_session.get() or sessions.default  # current_session(), inlined
         call = Call(provider, operation, request_model, stream, server_address, server_port,
                     session, request_body)
         budget = session.budget
@@ -312,10 +317,11 @@ class Recorder:
     def finish(self, call: Call, incomplete: bool = False) -> None:
         """Account a call exactly once; never raises.
 
-        What cannot wait happens here: the estimate of a usage that never came, the span and metric
-        points, a budget, sinks and ``on_record`` callbacks (the cost first, when any of them needs
-        it). The call then joins the pending calls that :meth:`fold` adds to its session and the
-        process statistics (see :mod:`tokenmetry.pending`).
+        What cannot wait happens here: the usage left to read or to estimate, and, when anything
+        needs the call's figures at once (a span, metric instruments, a budget, sinks or
+        ``on_record`` callbacks), its cost and those. The call then joins the pending calls that
+        :meth:`fold` adds to its session and the process statistics (see :mod:`tokenmetry.pending`),
+        pricing the ones nothing needed priced yet.
         """
         if call.done:
             return
@@ -337,16 +343,19 @@ class Recorder:
             instruments = self.telemetry.instruments()
             notify = self._sinks or self._subscribers
             pending = self._pending
-            try:
-                if call.span is not None or instruments is not None or budget is not None or notify:
+            if call.span is not None or instruments is not None or budget is not None or notify:
+                try:
                     self._price_now(call)  # before the call is pending: a fold elsewhere may apply it
                     if budget is not None:
                         budget.settle(call)
                     self.telemetry.end(call, instruments)  # the span if any, metric points if an SDK meters
-            finally:
+                finally:
+                    call.span = None
+                    pending.append(call)
+                if notify:
+                    self._notify(call)  # after the append: a callback reading its session sees this call
+            else:
                 pending.append(call)
-            if notify:
-                self._notify(call)  # after the append: a callback reading its session sees this call
             # a finaliser (incomplete: a stream dropped unfinished) may run inside a fold or a
             # reader holding a session's lock: it only leaves the call pending (begin() applies it)
             if not incomplete and len(pending) >= FOLD_BATCH:
@@ -354,9 +363,9 @@ class Recorder:
         except Exception:
             report_failure("finish", "recording a call")
         finally:
-            call.request_body = None
-            call.text_parts = None
-            call.span = None
+            call.request_body = None  # kept until now for an estimate and content capture
+            if call.text_parts is not None:  # (a class default until a stream sets it)
+                call.text_parts = None
 
     def _price_now(self, call: Call) -> None:
         call.priced = True
@@ -423,12 +432,12 @@ class Recorder:
 
     @staticmethod
     def _read_late_usage(call: Call) -> None:
-        usage, reader = call.late_usage, call.late_usage_reader
+        response, reader = call.late_usage, call.late_usage_reader
         call.late_usage = None
         try:
             if reader is not None:
-                reader(call, usage)
-        except Exception:  # the estimate below still fills the usage
+                reader(call, response)
+        except Exception:  # the estimate after it still fills the usage
             report_failure("late-usage", "reading a stream's usage")
 
     def _fill_estimate(self, call: Call) -> None:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["RateWindow", "Totals", "ProcessStats"]
 
 logger = logging.getLogger("tokenmetry")
-_UNREAD_MAX = 64  # responses kept unread per provider/model before their headers are read anyway
+_UNREAD_MAX = 64  # responses kept unread before their headers are read anyway
 
 
 class RateWindow:
@@ -100,25 +100,31 @@ class Totals:
         self.requests += 1
         if call.error_type is not None:
             self.errors += 1
-        self.retries += call.retries
-        self.throttle_events += call.throttle_events
-        self.throttle_wait_s += call.throttle_wait_s
-        self.retry_wait_s += call.retry_wait_s
-        self.duration_s += call.duration_s
-        self.input += call.input_tokens
-        self.output += call.output_tokens
-        if call.cache_read_tokens is not None:
-            self.cache_read = (self.cache_read or 0) + call.cache_read_tokens
-        if call.cache_write_tokens is not None:
-            self.cache_write = (self.cache_write or 0) + call.cache_write_tokens
-        if call.reasoning_tokens is not None:
-            self.reasoning = (self.reasoning or 0) + call.reasoning_tokens
-        if call.tool_tokens is not None:
-            self.tool = (self.tool or 0) + call.tool_tokens
+        if call.retries:  # every wait counts a retry (add_wait): no retries, no waits
+            self.retries += call.retries
+            self.throttle_events += call.throttle_events
+            self.throttle_wait_s += call.throttle_wait_s
+            self.retry_wait_s += call.retry_wait_s
+        duration = call.duration_s
+        self.duration_s += duration
         tokens = call.input_tokens + call.output_tokens
         if tokens:  # work rate is throughput while producing tokens: token counting is not work
-            self.busy_s += call.duration_s
-            self.window.add(tokens, call.started_at + call.duration_s)
+            self.input += call.input_tokens
+            self.output += call.output_tokens
+            self.busy_s += duration
+            self.window.add(tokens, call.started_at + duration)
+        detail = call.cache_read_tokens
+        if detail is not None:
+            self.cache_read = detail if self.cache_read is None else self.cache_read + detail
+        detail = call.cache_write_tokens
+        if detail is not None:
+            self.cache_write = detail if self.cache_write is None else self.cache_write + detail
+        detail = call.reasoning_tokens
+        if detail is not None:
+            self.reasoning = detail if self.reasoning is None else self.reasoning + detail
+        detail = call.tool_tokens
+        if detail is not None:
+            self.tool = detail if self.tool is None else self.tool + detail
 
     def add_retry(self, slept_s: float, cause: str) -> None:
         """A wait of a retry loop between whole calls (no call of its own to carry it)."""
@@ -181,8 +187,9 @@ class ProcessStats:
         self._models: dict[tuple[str, str | None], Totals] = {}
         # latest rate-limit header values per "provider/model"
         self._rate_limits: dict[str, dict[str, Any]] = {}
-        # responses whose headers are not read yet, oldest first: (parser, headers, values read already)
-        self._unread: dict[str, list[tuple[Any, Any, dict[str, Any] | None]]] = {}
+        # responses whose headers are not read yet, oldest first:
+        # (provider, model, parser, headers, values read already)
+        self._unread: list[tuple[str, str | None, Any, Any, dict[str, Any] | None]] = []
 
     def add(self, call: Call) -> None:
         """Add a finished call to its (provider, model) tally."""
@@ -206,21 +213,22 @@ class ProcessStats:
         """Keep a response's rate-limit figures for ``provider/model``: ``values`` already read, or
         the response's ``headers`` that ``parser`` (a ``RateLimitHeaders``) reads when someone asks
         (``values`` stand in when the headers carry none). The latest figure of each kind wins."""
-        key = model_key(provider, model)
-        entry = (parser, headers, values)
         with self._lock:
-            unread = self._unread.get(key)
-            if unread is None:
-                self._unread[key] = [entry]
-            else:
-                unread.append(entry)
-                if len(unread) >= _UNREAD_MAX:
-                    self._read_headers()
+            unread = self._unread
+            unread.append((provider, model, parser, headers, values))
+            if len(unread) >= _UNREAD_MAX:
+                self._read_headers()
 
     def _read_headers(self) -> None:
         """Merge the unread responses into the latest figures (holding the lock). Newest first: once
         a response gave every kind its parser knows, the older ones cannot change anything."""
-        for key, entries in self._unread.items():
+        if not self._unread:
+            return
+        by_key: dict[str, list[tuple[Any, Any, dict[str, Any] | None]]] = {}
+        for provider, model, parser, headers, values in self._unread:
+            by_key.setdefault(model_key(provider, model), []).append((parser, headers, values))
+        self._unread = []
+        for key, entries in by_key.items():
             newest: dict[str, Any] = {}
             for parser, headers, values in reversed(entries):
                 found = values
@@ -244,7 +252,6 @@ class ProcessStats:
                     self._rate_limits[key] = newest
                 else:
                     current.update(newest)
-        self._unread.clear()
 
     def rate_limits(self) -> dict[str, dict[str, Any]]:
         apply_pending()

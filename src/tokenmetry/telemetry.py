@@ -74,6 +74,8 @@ _MAX_ATTRIBUTE_SETS = 4096  # bound on cached metric attribute dicts (cardinalit
 _TRACER_PROVIDER_ENV = "OTEL_PYTHON_TRACER_PROVIDER"
 _METER_PROVIDER_ENV = "OTEL_PYTHON_METER_PROVIDER"
 _UNKNOWN = object()
+# where this OpenTelemetry API keeps its global providers (a private name: checked once, here)
+_GLOBALS_KNOWN = hasattr(trace, "_TRACER_PROVIDER") and hasattr(_metrics_state, "_METER_PROVIDER")
 
 
 def _is_noop_tracer_provider(provider: Any) -> bool:
@@ -283,6 +285,13 @@ class Telemetry:
         self._capture = False
         self._tracer_from_env = _TRACER_PROVIDER_ENV in os.environ
         self._meter_from_env = _METER_PROVIDER_ENV in os.environ
+        self._note_where_to_look()
+
+    def _note_where_to_look(self) -> None:
+        # True: a provider is configured (or named by the environment, or this API keeps its global
+        # provider elsewhere): find it; False: only the API's global provider, once set, can be one
+        self._seek_tracer = self._tracer_provider is not None or self._tracer_from_env or not _GLOBALS_KNOWN
+        self._seek_meter = self._meter_provider is not None or self._meter_from_env or not _GLOBALS_KNOWN
 
     def configure(self, options: Options) -> None:
         with self._lock:
@@ -294,6 +303,7 @@ class Telemetry:
             self._metric_attrs = {}
             self._tracer_from_env = _TRACER_PROVIDER_ENV in os.environ
             self._meter_from_env = _METER_PROVIDER_ENV in os.environ
+            self._note_where_to_look()
 
     # ----------------------------------------------------------------- is an SDK there?
     @property
@@ -307,22 +317,16 @@ class Telemetry:
     def tracer(self) -> trace.Tracer | None:
         """The tracer of tokenmetry's spans, or None when no OpenTelemetry SDK is configured."""
         tracer = self._tracer
-        if tracer is not None:
-            return tracer
-        if self._tracer_provider is None and not self._tracer_from_env and \
-                getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is None:
-            return None  # no SDK anywhere, the common case of a process without OpenTelemetry
-        return self._find_tracer()
+        if tracer is None and (self._seek_tracer or trace._TRACER_PROVIDER is not None):
+            return self._find_tracer()
+        return tracer  # None: no SDK anywhere, the common case of a process without OpenTelemetry
 
     def instruments(self) -> _Instruments | None:
         """tokenmetry's metric instruments, or None when no OpenTelemetry SDK is configured."""
         instruments = self._instruments
-        if instruments is not None:
-            return instruments
-        if self._meter_provider is None and not self._meter_from_env and \
-                getattr(_metrics_state, "_METER_PROVIDER", _UNKNOWN) is None:
-            return None
-        return self._find_instruments()
+        if instruments is None and (self._seek_meter or _metrics_state._METER_PROVIDER is not None):
+            return self._find_instruments()
+        return instruments
 
     def _find_tracer(self) -> trace.Tracer | None:
         provider = self._tracer_provider or _global_tracer_provider(self._tracer_from_env)

@@ -70,9 +70,9 @@ _TIER_CONTEXTS = {tier: {"service_tier": tier} for tier in ("flex", "priority", 
 
 def read_service_tier(call: Call, response: Any) -> None:
     """The service tier the response was served at (``flex`` costs half, ``priority`` more)."""
-    tier = getattr(response, "service_tier", None)
-    if tier is not None:
-        call.price_context = _TIER_CONTEXTS.get(tier)
+    context = _TIER_CONTEXTS.get(getattr(response, "service_tier", None))  # type: ignore[arg-type]
+    if context is not None:  # the default tier is the list price: nothing to note
+        call.price_context = context
 
 
 def _unset_injected_usage(chunk: Any) -> None:

@@ -109,9 +109,11 @@ class StainlessAdapter:
             Patch(async_client, "request", self._async_request),
             Patch(sync_client, "_sleep_for_retry", self._sync_sleep),
             Patch(async_client, "_sleep_for_retry", self._async_sleep),
-            Patch(sync_client, "_process_response", self._process_response),
-            Patch(async_client, "_process_response", self._process_response),
         ]
+        if self.rate_limit_headers is not None:
+            keep_headers = self._keep_headers()
+            patches += [Patch(sync_client, "_process_response", keep_headers),
+                        Patch(async_client, "_process_response", keep_headers)]
         patches.extend(self.helper_patches())
         return patches
 
@@ -154,12 +156,16 @@ class StainlessAdapter:
 
     # ----------------------------------------------------------------- request
     def _begin(self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Endpoint, Call] | None:
-        options = args[1] if len(args) > 1 else kwargs.get("options")
+        options: Any = args[1] if len(args) > 1 else kwargs.get("options")
         endpoint = self.route(client, options)
         if endpoint is None:
             return None
         target = self._cached_target(client)
-        model, stream, body = self.request_facts(options)
+        body = options.json_data
+        if type(body) is dict:  # the common case, without the generic checks of request_facts
+            model, stream = body.get("model"), bool(body.get("stream"))
+        else:
+            model, stream, body = self.request_facts(options)
         call = recorder.begin(target.provider, endpoint.operation, model, stream,
                               target.server_address, target.server_port, body)
         if stream and endpoint.prepare is not None and isinstance(body, Mapping) and options is not None \
@@ -171,13 +177,13 @@ class StainlessAdapter:
 
     def _cached_target(self, client: Any) -> Target:
         # the target depends on base_url only; recompute when the client's base_url object changes
-        # the stored URL object: openai's ``base_url`` property runs an import statement per access
-        base_url = client.__dict__.get("_base_url") or client.base_url
-        cached = client.__dict__.get("_tokenmetry_target")
-        if cached is not None and cached[0] is base_url:
+        # (the stored URL object: openai's ``base_url`` property runs an import statement per access)
+        stored = client.__dict__
+        cached = stored.get("_tokenmetry_target")
+        if cached is not None and cached[0] is stored.get("_base_url"):
             return cached[1]  # type: ignore[no-any-return]
         target = self.target(client)
-        client.__dict__["_tokenmetry_target"] = (base_url, target)
+        stored["_tokenmetry_target"] = (stored.get("_base_url") or client.base_url, target)
         return target
 
     def _sync_request(self, wrapped: Any, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -194,7 +200,7 @@ class StainlessAdapter:
             return wrapped(*args, **kwargs)
         endpoint, call = begun
         token = current_call.set(call)
-        span_token = recorder.telemetry.activate(call)
+        span_token = None if call.span is None else recorder.telemetry.activate(call)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as error:
@@ -202,7 +208,8 @@ class StainlessAdapter:
             recorder.fail(call, error)
             raise
         finally:
-            recorder.telemetry.deactivate(span_token)
+            if span_token is not None:
+                recorder.telemetry.deactivate(span_token)
             current_call.reset(token)
         return self._settle(result, endpoint, call)
 
@@ -221,7 +228,7 @@ class StainlessAdapter:
             return await wrapped(*args, **kwargs)
         endpoint, call = begun
         token = current_call.set(call)
-        span_token = recorder.telemetry.activate(call)
+        span_token = None if call.span is None else recorder.telemetry.activate(call)
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as error:
@@ -229,7 +236,8 @@ class StainlessAdapter:
             recorder.fail(call, error)
             raise
         finally:
-            recorder.telemetry.deactivate(span_token)
+            if span_token is not None:
+                recorder.telemetry.deactivate(span_token)
             current_call.reset(token)
         return self._settle(result, endpoint, call)
 
@@ -440,19 +448,22 @@ class StainlessAdapter:
             report_failure("retry")
             return None
 
-    def _process_response(self, wrapped: Any, client: Any, args: tuple[Any, ...],
-                          kwargs: dict[str, Any]) -> Any:
-        call = current_call.get()
-        if call is not None and self.rate_limit_headers is not None:
-            response = kwargs.get("response")
-            if response is not None:
-                # kept unread: the statistics read the newest response's headers only when asked
+    def _keep_headers(self) -> Any:
+        """The ``_process_response`` hook: keeps each response's headers on the call, unread (the
+        statistics read the newest ones only when asked)."""
+        reader = self.rate_limit_headers
+
+        def keep_headers(wrapped: Any, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            call = current_call.get()
+            if call is not None:
                 try:
-                    call.headers = response.headers
-                    call.header_reader = self.rate_limit_headers
+                    call.headers = kwargs["response"].headers
+                    call.header_reader = reader
                 except Exception:
                     report_failure("headers")
-        return wrapped(*args, **kwargs)
+            return wrapped(*args, **kwargs)
+
+        return keep_headers
 
 
 def _note_sleep(call: Call, retry: tuple[int, int | None, float | None] | None, slept: float) -> None:
