@@ -1328,6 +1328,12 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_child(args)))
         return
+    for option, given, known in (("--providers", args.providers, ADAPTER_MODULES),
+                                 ("--kinds", args.kinds, {kind for _, kind in SCENARIOS}),
+                                 ("--modes", args.modes, MODES)):
+        unknown = [name for name in given.split(",") if name and name not in known]
+        if unknown:
+            parser.error(f"{option}: unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     if args.quick:
         args.processes = 2
         args.pairs, args.stream_pairs = args.pairs // 5, args.stream_pairs // 5
