@@ -113,18 +113,14 @@ class Totals:
             self.output += call.output_tokens
             self.busy_s += duration
             self.window.add(tokens, call.started_at + duration)
-        detail = call.cache_read_tokens
-        if detail is not None:
-            self.cache_read = detail if self.cache_read is None else self.cache_read + detail
-        detail = call.cache_write_tokens
-        if detail is not None:
-            self.cache_write = detail if self.cache_write is None else self.cache_write + detail
-        detail = call.reasoning_tokens
-        if detail is not None:
-            self.reasoning = detail if self.reasoning is None else self.reasoning + detail
-        detail = call.tool_tokens
-        if detail is not None:
-            self.tool = detail if self.tool is None else self.tool + detail
+        if call.cache_read_tokens is not None:
+            self.cache_read = (self.cache_read or 0) + call.cache_read_tokens
+        if call.cache_write_tokens is not None:
+            self.cache_write = (self.cache_write or 0) + call.cache_write_tokens
+        if call.reasoning_tokens is not None:
+            self.reasoning = (self.reasoning or 0) + call.reasoning_tokens
+        if call.tool_tokens is not None:
+            self.tool = (self.tool or 0) + call.tool_tokens
 
     def add_retry(self, slept_s: float, cause: str) -> None:
         """A wait of a retry loop between whole calls (no call of its own to carry it)."""

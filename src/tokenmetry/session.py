@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .pending import apply_pending
 from .rate import Totals
-from .usage import CallRecord, Cost, Usage
+from .usage import CallRecord, Cost, Usage, add_optional
 
 if TYPE_CHECKING:
     from .budget import Budget
@@ -50,19 +50,10 @@ class _CostSum:
         if cost.currency != self.currency:  # what Cost.__add__ raises, checked before any change
             raise ValueError(f"cannot add costs in {self.currency} and {cost.currency}")
         self.amount += cost.amount
-        # add_optional(), inlined: this runs for every priced call
-        part = cost.input
-        if part is not None:
-            self.input = part if self.input is None else self.input + part
-        part = cost.output
-        if part is not None:
-            self.output = part if self.output is None else self.output + part
-        part = cost.cache_read
-        if part is not None:
-            self.cache_read = part if self.cache_read is None else self.cache_read + part
-        part = cost.cache_write
-        if part is not None:
-            self.cache_write = part if self.cache_write is None else self.cache_write + part
+        self.input = add_optional(self.input, cost.input)
+        self.output = add_optional(self.output, cost.output)
+        self.cache_read = add_optional(self.cache_read, cost.cache_read)
+        self.cache_write = add_optional(self.cache_write, cost.cache_write)
         if cost.source != self.source:
             self.source = "mixed"
 
