@@ -432,12 +432,12 @@ class Recorder:
 
     @staticmethod
     def _read_late_usage(call: Call) -> None:
-        response, reader = call.late_usage, call.late_usage_reader
+        usage, reader = call.late_usage, call.late_usage_reader
         call.late_usage = None
         try:
             if reader is not None:
-                reader(call, response)
-        except Exception:  # the estimate after it still fills the usage
+                reader(call, usage)
+        except Exception:  # the estimate below still fills the usage
             report_failure("late-usage", "reading a stream's usage")
 
     def _fill_estimate(self, call: Call) -> None:

@@ -283,11 +283,11 @@ class Telemetry:
         self._tracer_provider: Any = None
         self._meter_provider: Any = None
         self._capture = False
-        self._tracer_from_env = _TRACER_PROVIDER_ENV in os.environ
-        self._meter_from_env = _METER_PROVIDER_ENV in os.environ
         self._note_where_to_look()
 
     def _note_where_to_look(self) -> None:
+        self._tracer_from_env = _TRACER_PROVIDER_ENV in os.environ
+        self._meter_from_env = _METER_PROVIDER_ENV in os.environ
         # True: a provider is configured (or named by the environment, or this API keeps its global
         # provider elsewhere): find it; False: only the API's global provider, once set, can be one
         self._seek_tracer = self._tracer_provider is not None or self._tracer_from_env or not _GLOBALS_KNOWN
@@ -301,8 +301,6 @@ class Telemetry:
             self._tracer = None
             self._instruments = None
             self._metric_attrs = {}
-            self._tracer_from_env = _TRACER_PROVIDER_ENV in os.environ
-            self._meter_from_env = _METER_PROVIDER_ENV in os.environ
             self._note_where_to_look()
 
     # ----------------------------------------------------------------- is an SDK there?

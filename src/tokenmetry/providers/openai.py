@@ -65,12 +65,13 @@ def _read_completion_usage(call: Call, usage: Any) -> None:
 
 
 # the tiers OpenAI bills at their own prices (genai-prices variants); "default" is the list price
-_TIER_CONTEXTS = {tier: {"service_tier": tier} for tier in ("flex", "priority", "scale", "fast")}
+_TIER_CONTEXTS: dict[str | None, dict[str, str]] = {
+    tier: {"service_tier": tier} for tier in ("flex", "priority", "scale", "fast")}
 
 
 def read_service_tier(call: Call, response: Any) -> None:
     """The service tier the response was served at (``flex`` costs half, ``priority`` more)."""
-    context = _TIER_CONTEXTS.get(getattr(response, "service_tier", None))  # type: ignore[arg-type]
+    context = _TIER_CONTEXTS.get(getattr(response, "service_tier", None))
     if context is not None:  # the default tier is the list price: nothing to note
         call.price_context = context
 

@@ -161,11 +161,7 @@ class StainlessAdapter:
         if endpoint is None:
             return None
         target = self._cached_target(client)
-        body = options.json_data
-        if type(body) is dict:  # the common case, without the generic checks of request_facts
-            model, stream = body.get("model"), bool(body.get("stream"))
-        else:
-            model, stream, body = self.request_facts(options)
+        model, stream, body = self.request_facts(options)
         call = recorder.begin(target.provider, endpoint.operation, model, stream,
                               target.server_address, target.server_port, body)
         if stream and endpoint.prepare is not None and isinstance(body, Mapping) and options is not None \
