@@ -882,3 +882,49 @@ def test_instrumented_call_returns_the_sdks_objects(server: LocalAPIServer) -> N
         assert raw.headers["x-request-id"].startswith("req_local")
         assert raw.parse() is raw.parse()  # the SDK's own parse cache still works
 
+
+
+# ================================================================================ batched metric points
+def test_metric_points_of_pending_calls_are_in_every_collection(server: LocalAPIServer, otel: Any) -> None:
+    """Metric points are recorded when finished calls are applied, in batches; a collection applies
+    the calls still pending first, so the reader sees every call, each once."""
+    from tokenmetry.call import recorder
+    from tokenmetry.pending import FOLD_BATCH
+
+    tokenmetry.instrument(**otel.kwargs())
+    calls = FOLD_BATCH + 3  # one applied batch, three calls still pending
+    server.enqueue("openai.chat", *[Reply(usage=CHAT_DETAILS)] * calls)
+    with openai_client(server) as client:
+        for _ in range(calls):
+            client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+    assert len(recorder._pending) == 3
+    usage = [truth_of(sent, "chat").usage for sent in server.responses]
+    assert [p.count for p in otel.metric_points("gen_ai.client.operation.duration")] == [calls]
+    assert not recorder._pending
+    tokens = {p.attributes["gen_ai.token.type"]: p for p in otel.metric_points("gen_ai.client.token.usage")}
+    assert tokens["input"].count == tokens["output"].count == calls
+    assert tokens["input"].sum == sum(u.input_tokens for u in usage)
+    assert tokens["output"].sum == sum(u.output_tokens for u in usage)
+    cached = {p.attributes["tokenmetry.token.kind"]: p.value for p in otel.metric_points("tokenmetry.tokens")}
+    assert cached == {"cache_read": 6 * calls, "cache_write": 2 * calls, "reasoning": 5 * calls}
+    assert [u.cache_read_tokens for u in usage] == [6] * calls
+    # a second collection adds nothing: no call is recorded twice
+    assert [p.count for p in otel.metric_points("gen_ai.client.operation.duration")] == [calls]
+
+
+def test_metric_exemplars_link_to_the_span_current_when_the_call_finished(server: LocalAPIServer,
+                                                                         otel: Any) -> None:
+    """A point recorded later, in a batch, keeps the exemplar it would have had at once: the span
+    the application had open around the call, not whichever span is open when the batch is applied."""
+    tracer = otel.tracer_provider.get_tracer("app")
+    tokenmetry.instrument(**otel.kwargs())
+    with openai_client(server) as client:
+        with tracer.start_as_current_span("first request") as first:
+            client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+        with tracer.start_as_current_span("second request") as second:
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            # collected inside the second span, which both calls' points are recorded under
+            points = otel.metric_points("gen_ai.client.operation.duration")
+    exemplars = {p.attributes["gen_ai.request.model"]: [e.span_id for e in p.exemplars] for p in points}
+    assert exemplars == {CHAT_MODEL: [first.get_span_context().span_id],
+                         "gpt-4o": [second.get_span_context().span_id]}

@@ -96,6 +96,10 @@ class Call:
     _record: CallRecord | None = None
     # what selects a price variant, as the response reports it (e.g. {"service_tier": "flex"})
     price_context: dict[str, str] | None = None
+    # the metric instruments its points go to when the call is applied (see Recorder.finish), and
+    # the OpenTelemetry context that was current when it finished (exemplars link to its span)
+    instruments: Any = None
+    metric_context: Any = None
 
     def __init__(self, provider: str, operation: str, request_model: str | None, stream: bool,
                  server_address: str | None, server_port: int | None, session: Session,
@@ -318,10 +322,11 @@ class Recorder:
         """Account a call exactly once; never raises.
 
         What cannot wait happens here: the usage left to read or to estimate, and, when anything
-        needs the call's figures at once (a span, metric instruments, a budget, sinks or
-        ``on_record`` callbacks), its cost and those. The call then joins the pending calls that
-        :meth:`fold` adds to its session and the process statistics (see :mod:`tokenmetry.pending`),
-        pricing the ones nothing needed priced yet.
+        needs the call's figures at once (a span, a budget, sinks or ``on_record`` callbacks), its
+        cost and those. The call then joins the pending calls that :meth:`fold` adds to its session
+        and the process statistics (see :mod:`tokenmetry.pending`), pricing the ones nothing needed
+        priced yet and recording their metric points: every metric collection applies the pending
+        calls first (:class:`~tokenmetry.telemetry.Telemetry`), so what a reader exports is exact.
         """
         if call.done:
             return
@@ -340,15 +345,21 @@ class Recorder:
 
                 top_up_output(call)
             budget = call.session.budget
-            instruments = self.telemetry.instruments()
+            telemetry = self.telemetry
+            instruments = telemetry.instruments()
+            if instruments is not None:  # its points are recorded when the call is applied
+                call.instruments = instruments
+                call.metric_context = telemetry.current_context()
+            span = call.span
             notify = self._sinks or self._subscribers
             pending = self._pending
-            if call.span is not None or instruments is not None or budget is not None or notify:
+            if span is not None or budget is not None or notify:
                 try:
                     self._price_now(call)  # before the call is pending: a fold elsewhere may apply it
                     if budget is not None:
                         budget.settle(call)
-                    self.telemetry.end(call, instruments)  # the span if any, metric points if an SDK meters
+                    if span is not None:
+                        telemetry.end_span(call, span)
                 finally:
                     call.span = None
                     pending.append(call)
@@ -424,6 +435,13 @@ class Recorder:
             self._price_now(call)
         call.session._add(call)
         stats.add(call)
+        instruments = call.instruments
+        if instruments is not None:
+            call.instruments = None
+            try:
+                self.telemetry.record_metrics(call, instruments, call.metric_context)
+            finally:
+                call.metric_context = None
         headers = call.headers
         if headers is not None or call.rate_limits:
             call.headers = None  # read by the statistics when asked, newest first

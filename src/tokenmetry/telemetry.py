@@ -24,6 +24,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_state  # where the API keeps the global provider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from .pending import apply_pending
+
 if TYPE_CHECKING:
     from .call import Call, Recorder
     from .config import Options
@@ -136,7 +138,8 @@ class _AttributeSets:
 
 
 class _RunningTotals:
-    """Amounts per attribute set behind one observable counter.
+    """Amounts per attribute set behind one observable counter; observing it first applies the
+    calls still pending (their metric points are recorded in batches, see ``Recorder.finish``).
 
     ``add`` appends to a deque, without a lock: it may run anywhere, a stream's finaliser included
     (one that runs while this thread is inside :meth:`observe` must not wait for it). The amounts
@@ -179,6 +182,9 @@ class _RunningTotals:
                     overflow[1] += amount
 
     def observe(self, _: CallbackOptions) -> list[Observation]:
+        # every collection runs the observable callbacks before it reads any instrument: applying
+        # the pending calls here records their histogram and counter points in time for it
+        apply_pending()
         with self._lock:
             self._sum()
             return [Observation(amount, attributes) for attributes, amount in self._totals.values()]
@@ -439,16 +445,14 @@ class Telemetry:
             span.add_event("tokenmetry.retry", event_attributes)
 
     # ----------------------------------------------------------------- end of a call
-    def end(self, call: Call, instruments: _Instruments | None) -> None:
-        """End the call's span (if it has one) and record its metric points (``instruments``: what
-        :meth:`instruments` returned, None when no SDK meters)."""
-        span = call.span
-        if span is not None:
-            self._end_span(call, span)
-        if instruments is not None:
-            self._record_metrics(call, instruments)
+    @staticmethod
+    def current_context() -> Any:
+        """The OpenTelemetry context current here: a finished call's metric points are recorded
+        with it later (the SDK's exemplars then link to the span the application had open)."""
+        return otel_context.get_current()
 
-    def _end_span(self, call: Call, span: Any) -> None:
+    def end_span(self, call: Call, span: Any) -> None:
+        """Set the call's final attributes on its span and end it (the call finishing now)."""
         attributes: dict[str, Any] = {
             TM_USAGE_SOURCE: call.usage_source,
             TM_RETRIES: call.retries,
@@ -523,19 +527,21 @@ class Telemetry:
             self._metric_attrs[key] = found
         return found
 
-    def _record_metrics(self, call: Call, instruments: _Instruments) -> None:
+    def record_metrics(self, call: Call, instruments: _Instruments, context: Any = None) -> None:
+        """Record a finished call's metric points (when it is applied: see ``Recorder.finish``) in
+        ``context``, the one current when it finished (None: the one current here)."""
         sets = self._attribute_sets(call)
         duration_attrs = sets.duration
-        instruments.duration.record(call.duration_s, duration_attrs)
+        instruments.duration.record(call.duration_s, duration_attrs, context)
         if call.usage_source != "missing":
             token_usage = instruments.token_usage
-            token_usage.record(call.input_tokens, sets.input)
-            token_usage.record(call.output_tokens, sets.output)
+            token_usage.record(call.input_tokens, sets.input, context)
+            token_usage.record(call.output_tokens, sets.output, context)
         if call.stream and call.time_to_first_chunk_s is not None:
-            instruments.time_to_first_chunk.record(call.time_to_first_chunk_s, duration_attrs)
+            instruments.time_to_first_chunk.record(call.time_to_first_chunk_s, duration_attrs, context)
             if call.chunks > 1:
                 instruments.time_per_output_chunk.record(
-                    (call.duration_s - call.time_to_first_chunk_s) / (call.chunks - 1), duration_attrs)
+                    (call.duration_s - call.time_to_first_chunk_s) / (call.chunks - 1), duration_attrs, context)
         # token kinds and cost: running totals read by observable counters (only non-zero kinds)
         key = sets.key
         if call.cache_read_tokens:
@@ -555,15 +561,15 @@ class Telemetry:
             instruments.cost_totals.add((key, cost.currency), sets.extended(TM_CURRENCY, cost.currency),
                                         float(cost.amount))
         elif call.input_tokens or call.output_tokens:
-            instruments.unpriced.add(1, duration_attrs)
+            instruments.unpriced.add(1, duration_attrs, context)
         events = call.retry_events
         if events:
             for event in events:
                 cause_attrs = {PROVIDER: call.provider, TM_RETRY_CAUSE: event["cause"]}
                 if call.request_model:
                     cause_attrs[REQUEST_MODEL] = call.request_model
-                instruments.retries.add(1, cause_attrs)
-                instruments.throttle_wait.record(event["slept_s"], cause_attrs)
+                instruments.retries.add(1, cause_attrs, context)
+                instruments.throttle_wait.record(event["slept_s"], cause_attrs, context)
 
 
 # ----------------------------------------------------------------------------- SDKs' own spans
