@@ -14,9 +14,10 @@ from .call import logger, report_failure
 if TYPE_CHECKING:
     from .call import Call
     from .config import Options
+    from .pricing import Quote
     from .usage import Cost
 
-__all__ = ["estimate_call", "price_call", "request_text", "top_up_output", "warm_up"]
+__all__ = ["estimate_call", "price_call", "quote_call", "request_text", "top_up_output", "warm_up"]
 
 
 def request_text(body: Any) -> str:
@@ -90,21 +91,33 @@ def top_up_output(call: Call) -> None:
         call.usage_source = "estimated"
 
 
-_price_usage_of_call: Any = None
+_quote_call: Any = None
+
+
+def quote_call(call: Call, options: Options | None = None) -> Quote | None:
+    """The quote a call's usage is billed at (``options``: the recorder's), or None when its model
+    has no known price (see :func:`tokenmetry.pricing.quote_call`)."""
+    global _quote_call
+    if _quote_call is None:  # bound once: an import statement per call costs microseconds
+        try:
+            from .pricing import quote_call as quote
+        except ImportError:
+            return None
+        _quote_call = quote
+    try:
+        return _quote_call(call, options)  # type: ignore[no-any-return]
+    except Exception:
+        report_failure("pricing", "pricing a call")
+        return None
 
 
 def price_call(call: Call, options: Options | None = None) -> Cost | None:
-    """The cost of a call's usage (``options``: the recorder's), or None when its model has no
-    known price."""
-    global _price_usage_of_call
-    if _price_usage_of_call is None:  # bound once: an import statement per call costs microseconds
-        try:
-            from .pricing import price_usage_of_call
-        except ImportError:
-            return None
-        _price_usage_of_call = price_usage_of_call
+    """The cost of a call's usage, or None when its model has no known price."""
+    quote = quote_call(call, options)
+    if quote is None:
+        return None
     try:
-        return _price_usage_of_call(call, options)  # type: ignore[no-any-return]
+        return quote.cost_of_call(call)
     except Exception:
         report_failure("pricing", "pricing a call")
         return None

@@ -96,6 +96,9 @@ class Call:
     _record: CallRecord | None = None
     # what selects a price variant, as the response reports it (e.g. {"service_tier": "flex"})
     price_context: dict[str, str] | None = None
+    # the prices the call is billed at (a pricing.Quote; None: unpriced). A call nothing needed
+    # priced at once gets only its quote: its session prices the sums, its record its own usage
+    quote: Any = None
     # the metric instruments its points go to when the call is applied (see Recorder.finish), and
     # the OpenTelemetry context that was current when it finished (exemplars link to its span)
     instruments: Any = None
@@ -180,9 +183,12 @@ class Call:
         """The immutable record (built once, on first request: the hot path never needs it)."""
         record = self._record
         if record is None:
+            cost = self.cost
+            if cost is None and self.quote is not None:
+                cost = self.quote.cost_of_call(self)
             record = self._record = CallRecord(
                 self.provider, self.operation, self.request_model, self.response_model,
-                self.response_id, self.usage, self.usage_source, self.cost, self.stream,
+                self.response_id, self.usage, self.usage_source, cost, self.stream,
                 self.started_at, self.duration_s, self.time_to_first_chunk_s, self.retries,
                 self.throttle_wait_s, self.error_type, self.session.id, tuple(self.finish_reasons),
                 self.server_address, self.turn, self.retry_wait_s,
@@ -203,7 +209,7 @@ class Recorder:
         # internal sinks (the ledger): receive the finished Call itself, must be cheap and never raise
         self._sinks: tuple[Callable[[Call], None], ...] = ()
         self._subscribers_lock = threading.Lock()
-        self._price: Callable[[Call, Options], Cost | None] | None = None
+        self._quote_call: Callable[[Call, Options], Any] | None = None
         self._estimate: Callable[[Call], None] | None = None
         self._warmed = False  # price data loads in the background once the first call begins
         # finished calls not yet added to sessions and statistics (see tokenmetry.pending)
@@ -379,9 +385,22 @@ class Recorder:
                 call.text_parts = None
 
     def _price_now(self, call: Call) -> None:
+        """Price the call at once (a span, a budget, sinks or callbacks need its cost)."""
         call.priced = True
         if call.input_tokens or call.output_tokens:
-            call.cost = self._cost(call)
+            quote = call.quote = self._quote(call)
+            if quote is not None:
+                try:
+                    call.cost = quote.cost_of_call(call)
+                except Exception:
+                    call.quote = None  # unpriceable: never priced again, by its session or its record
+                    report_failure("pricing", "pricing a call")
+
+    def _quote_now(self, call: Call) -> None:
+        """Only the prices the call is billed at: its session adds up counts per quote."""
+        call.priced = True
+        if call.input_tokens or call.output_tokens:
+            call.quote = self._quote(call)
 
     def _notify(self, call: Call) -> None:
         """The internal sinks (the ledger) and the ``on_record`` callbacks."""
@@ -432,7 +451,10 @@ class Recorder:
 
     def _apply(self, call: Call, stats: ProcessStats) -> None:
         if not call.priced:
-            self._price_now(call)
+            if call.instruments is not None:
+                self._price_now(call)  # the cost counter needs the amount
+            else:
+                self._quote_now(call)
         call.session._add(call)
         stats.add(call)
         instruments = call.instruments
@@ -466,13 +488,13 @@ class Recorder:
             estimate = self._estimate = estimate_call
         estimate(call)
 
-    def _cost(self, call: Call) -> Cost | None:
-        price = self._price
-        if price is None:
-            from .accounting import price_call
+    def _quote(self, call: Call) -> Any:
+        quote = self._quote_call
+        if quote is None:
+            from .accounting import quote_call
 
-            price = self._price = price_call
-        return price(call, self.options)
+            quote = self._quote_call = quote_call
+        return quote(call, self.options)
 
 
 recorder = Recorder()

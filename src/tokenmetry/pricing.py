@@ -47,12 +47,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PricingError",
+    "Quote",
     "clear_cache",
     "on_unpriced",
     "price",
     "price_info",
     "price_usage_of_call",
     "pricing_data_version",
+    "quote_call",
     "unpriced_count",
     "unpriced_models",
 ]
@@ -598,38 +600,123 @@ def _sheet(entry: _Entry, options: Options | None, context: Mapping[str, str] | 
     return sheet, currency, source
 
 
-def _compute(sheet: _Sheet, input_tokens: int, output_tokens: int, cache_read_tokens: int | None,
-             cache_write_tokens: int | None, reasoning_tokens: int | None, cache_write_1h_tokens: int | None,
-             requests: int, currency: str, source: str) -> Cost:
-    # after filling, every slot but the per-request one is a Decimal here
-    prices: tuple[Any, ...] = sheet.at(input_tokens) if sheet.tiered else sheet.prices
-    p_input, p_output, p_cache_read, p_cache_write, p_cache_write_1h, p_reasoning, p_request = prices
-    cache_read = cache_read_tokens or 0
-    cache_write = cache_write_tokens or 0
-    cache_write_1h = cache_write_1h_tokens or 0
-    # the 1-hour part given without (or above) the total: it is the total
-    cache_write = max(cache_write, cache_write_1h)
-    # inconsistent counts from a vendor (cache above the prompt): never bill negative input
-    uncached = max(input_tokens - cache_read - cache_write, 0)
-    reasoning = reasoning_tokens or 0
+# --------------------------------------------------------------------------------------------------
+# Quotes: the prices one call is billed at, and the arithmetic
+# --------------------------------------------------------------------------------------------------
 
-    input_cost: Decimal = p_input * uncached if uncached else _ZERO
-    cache_read_cost: Decimal = p_cache_read * cache_read if cache_read else _ZERO
-    cache_write_cost: Decimal = _ZERO
-    if cache_write:
-        cache_write_cost = p_cache_write * (cache_write - cache_write_1h)
-        if cache_write_1h:
-            cache_write_cost += p_cache_write_1h * cache_write_1h
-    output_cost: Decimal
-    if reasoning and p_reasoning is not p_output and p_reasoning != p_output:
-        reasoning = min(reasoning, output_tokens)
-        output_cost = p_output * (output_tokens - reasoning) + p_reasoning * reasoning
-    else:
-        output_cost = p_output * output_tokens if output_tokens else _ZERO
-    amount = input_cost + cache_read_cost + cache_write_cost + output_cost
-    if p_request is not None and requests:
-        amount += p_request * requests  # per-request fees (Perplexity) are in amount only
-    return Cost(amount, currency, input_cost, output_cost, cache_read_cost, cache_write_cost, source)
+# What a cost is computed from, per quote: token (and request) counts, each billed at one price.
+UNCACHED, CACHE_READ, CACHE_WRITE_5M, CACHE_WRITE_1H, OUTPUT, REASONING, REQUESTS = range(7)
+
+
+class Quote:
+    """The flat per-token prices a call is billed at (its tier picked), in one currency, with the
+    source of the prices. Quotes are shared: every call billed at the same prices gets the same one,
+    so a session can add up its calls' counts per quote and price the sums when it is read (the
+    arithmetic is linear and exact in Decimal: the same amounts as pricing each call and adding).
+    """
+
+    __slots__ = ("prices", "currency", "source", "bills_reasoning")
+
+    def __init__(self, prices: tuple[Decimal | None, ...], currency: str, source: str) -> None:
+        self.prices = prices
+        self.currency = currency
+        self.source = source
+        p_output, p_reasoning = prices[1], prices[5]
+        # reasoning billed apart from the rest of the output (its own price in the data)
+        self.bills_reasoning = p_reasoning is not p_output and p_reasoning != p_output
+
+    def apart(self, reasoning_tokens: int | None) -> bool:
+        """Whether a call with this many reasoning tokens has them billed apart from its output."""
+        return bool(reasoning_tokens) and self.bills_reasoning
+
+    def add_counts(self, counts: list[int], apart: bool, input_tokens: int, output_tokens: int,
+                   cache_read_tokens: int | None, cache_write_tokens: int | None,
+                   reasoning_tokens: int | None, cache_write_1h_tokens: int | None, requests: int = 1) -> None:
+        """Add one call's billed counts to ``counts`` (see :meth:`apart` for ``apart``)."""
+        cache_read = cache_read_tokens or 0
+        cache_write = cache_write_tokens or 0
+        cache_write_1h = cache_write_1h_tokens or 0
+        # the 1-hour part given without (or above) the total: it is the total
+        if cache_write_1h > cache_write:
+            cache_write = cache_write_1h
+        # inconsistent counts from a vendor (cache above the prompt): never bill negative input
+        uncached = input_tokens - cache_read - cache_write
+        if uncached > 0:
+            counts[UNCACHED] += uncached
+        counts[CACHE_READ] += cache_read
+        counts[CACHE_WRITE_5M] += cache_write - cache_write_1h
+        counts[CACHE_WRITE_1H] += cache_write_1h
+        if apart:
+            reasoning = min(reasoning_tokens or 0, output_tokens)
+            counts[OUTPUT] += output_tokens - reasoning
+            counts[REASONING] += reasoning
+        else:
+            counts[OUTPUT] += output_tokens
+        counts[REQUESTS] += requests
+
+    def cost(self, counts: list[int], apart: bool) -> Cost:
+        """The cost of ``counts`` (one call's, or the sums of calls with the same ``apart``)."""
+        p_input, p_output, p_cache_read, p_cache_write, p_cache_write_1h, p_reasoning, p_request = \
+            self.prices  # filled: every slot but the per-request one is a Decimal
+        uncached, cache_read, cache_write_5m, cache_write_1h, output, reasoning, requests = counts
+        input_cost: Decimal = p_input * uncached if uncached else _ZERO  # type: ignore[operator]
+        cache_read_cost: Decimal = p_cache_read * cache_read if cache_read else _ZERO  # type: ignore[operator]
+        cache_write_cost: Decimal = _ZERO
+        if cache_write_5m or cache_write_1h:
+            cache_write_cost = p_cache_write * cache_write_5m  # type: ignore[operator]
+            if cache_write_1h:
+                cache_write_cost += p_cache_write_1h * cache_write_1h  # type: ignore[operator]
+        output_cost: Decimal
+        if apart:
+            output_cost = p_output * output + p_reasoning * reasoning  # type: ignore[operator]
+        else:
+            output_cost = p_output * output if output else _ZERO  # type: ignore[operator]
+        amount = input_cost + cache_read_cost + cache_write_cost + output_cost
+        if p_request is not None and requests:
+            amount += p_request * requests  # per-request fees (Perplexity) are in amount only
+        return Cost(amount, self.currency, input_cost, output_cost, cache_read_cost, cache_write_cost,
+                    self.source)
+
+    def cost_of(self, input_tokens: int, output_tokens: int, cache_read_tokens: int | None,
+                cache_write_tokens: int | None, reasoning_tokens: int | None,
+                cache_write_1h_tokens: int | None, requests: int = 1) -> Cost:
+        """The cost of one call's usage."""
+        counts = [0, 0, 0, 0, 0, 0, 0]
+        apart = self.apart(reasoning_tokens)
+        self.add_counts(counts, apart, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+                        reasoning_tokens, cache_write_1h_tokens, requests)
+        return self.cost(counts, apart)
+
+    def cost_of_call(self, call: Any) -> Cost:
+        """The cost of a finished call (the lifecycle's ``Call``: its token fields, no ``Usage``)."""
+        return self.cost_of(call.input_tokens, call.output_tokens, call.cache_read_tokens,
+                            call.cache_write_tokens, call.reasoning_tokens,
+                            getattr(call, "cache_write_1h_tokens", None))
+
+    def add_call(self, counts: list[int], apart: bool, call: Any) -> None:
+        """Add a finished call's billed counts to ``counts``."""
+        self.add_counts(counts, apart, call.input_tokens, call.output_tokens, call.cache_read_tokens,
+                        call.cache_write_tokens, call.reasoning_tokens,
+                        getattr(call, "cache_write_1h_tokens", None))
+
+    def __repr__(self) -> str:
+        return f"Quote({self.prices}, {self.currency!r}, {self.source!r})"
+
+
+_quotes: dict[tuple[int, str, str], Quote] = {}
+_QUOTES_MAX = 4096
+
+
+def _quote(sheet: _Sheet, input_tokens: int, currency: str, source: str) -> Quote:
+    """The shared quote of ``sheet``'s prices at this prompt length."""
+    prices = sheet.at(input_tokens) if sheet.tiered else sheet.prices
+    key = (id(prices), currency, source)  # the quote holds ``prices``: its id cannot be reused meanwhile
+    quote = _quotes.get(key)
+    if quote is None:
+        if len(_quotes) >= _QUOTES_MAX:
+            _quotes.clear()
+        quote = _quotes[key] = Quote(prices, currency, source)
+    return quote
 
 
 def _check(model: Any, usage: Any) -> None:
@@ -685,25 +772,25 @@ def price(model: str, usage: Usage, *, provider: str | None = None, options: Opt
             and (options is None or (options.currency == "USD" and not options.price_overrides))):
         # the common case, inlined: USD list prices, nothing to merge
         usd_sheet = entry.usd[0] if entry.selectors is None else entry.usd[entry.select(time.time())]
-        return _compute(usd_sheet, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
-                        usage.cache_write_tokens, usage.reasoning_tokens, cache_write_1h_tokens, requests,
-                        "USD", "genai-prices")
+        return _quote(usd_sheet, usage.input_tokens, "USD", "genai-prices").cost_of(
+            usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens,
+            usage.reasoning_tokens, cache_write_1h_tokens, requests)
     sheet, currency, source = _sheet(entry, options, price_context,
                                      None if at is None else _timestamp(at))
     if sheet is None:
         if record_unpriced:
             _note_unpriced(model, provider, source)
         return None
-    return _compute(sheet, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
-                    usage.cache_write_tokens, usage.reasoning_tokens, cache_write_1h_tokens, requests,
-                    currency, source)
+    return _quote(sheet, usage.input_tokens, currency, source).cost_of(
+        usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens,
+        usage.reasoning_tokens, cache_write_1h_tokens, requests)
 
 
-def price_usage_of_call(call: Any, options: Options | None = None) -> Cost | None:
-    """Price a finished call (the lifecycle's ``Call``): its response model first (dated, and the real
-    model behind an Azure deployment name), then its request model. Counts one unpriced call when
-    neither is known. Reads the call's token fields directly (no ``Usage`` is built) and its
-    ``price_context`` (the service tier the response reports)."""
+def quote_call(call: Any, options: Options | None = None) -> Quote | None:
+    """The quote a finished call (the lifecycle's ``Call``) is billed at: its response model first
+    (dated, and the real model behind an Azure deployment name), then its request model, at the
+    service tier the response reports (``price_context``). ``None``, counted as one unpriced call,
+    when neither model is known."""
     if options is None:
         from .call import recorder
 
@@ -717,14 +804,18 @@ def price_usage_of_call(call: Any, options: Options | None = None) -> Cost | Non
         entry = _entries.get((model, provider)) or _resolve(model, provider)
         sheet, currency, source = _sheet(entry, options, getattr(call, "price_context", None), None)
         if sheet is not None:
-            return _compute(sheet, call.input_tokens, call.output_tokens, call.cache_read_tokens,
-                            call.cache_write_tokens, call.reasoning_tokens,
-                            getattr(call, "cache_write_1h_tokens", None), 1, currency, source)
+            return _quote(sheet, call.input_tokens, currency, source)
         if source != "unknown-model":
             _note_unpriced(model, provider, source)
             return None
     _note_unpriced(response_model or request_model or "", provider, "unknown-model")
     return None
+
+
+def price_usage_of_call(call: Any, options: Options | None = None) -> Cost | None:
+    """Price a finished call (see :func:`quote_call`), or None when its models have no known price."""
+    quote = quote_call(call, options)
+    return None if quote is None else quote.cost_of_call(call)
 
 
 def price_info(model: str, provider: str | None = None) -> dict[str, Any] | None:
@@ -785,5 +876,6 @@ def clear_cache() -> None:
     :func:`unpriced_count` keeps counting: it is a process total, like a metric."""
     with _resolve_lock:
         _entries.clear()
+        _quotes.clear()
     with _unpriced_lock:
         _warned.clear()

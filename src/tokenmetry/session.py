@@ -19,47 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 from .pending import apply_pending
 from .rate import Totals
-from .usage import CallRecord, Cost, Usage, add_optional
+from .usage import CallRecord, Cost, Usage
 
 if TYPE_CHECKING:
     from .budget import Budget
     from .call import Call
+    from .pricing import Quote
 
 __all__ = ["Session", "SessionManager", "current_session", "session", "sessions"]
 
 DEFAULT_SESSION_ID = "default"
 _MAX_TRACKED_SESSIONS = 10_000
-
-
-class _CostSum:
-    """A running ``Cost`` total, added to in place: summing immutable ``Cost`` objects would build
-    a new frozen dataclass on every call. ``value()`` gives exactly what ``Cost + Cost`` would."""
-
-    __slots__ = ("amount", "currency", "input", "output", "cache_read", "cache_write", "source")
-
-    def __init__(self, cost: Cost) -> None:
-        self.amount = cost.amount
-        self.currency = cost.currency
-        self.input = cost.input
-        self.output = cost.output
-        self.cache_read = cost.cache_read
-        self.cache_write = cost.cache_write
-        self.source = cost.source
-
-    def add(self, cost: Cost) -> None:
-        if cost.currency != self.currency:  # what Cost.__add__ raises, checked before any change
-            raise ValueError(f"cannot add costs in {self.currency} and {cost.currency}")
-        self.amount += cost.amount
-        self.input = add_optional(self.input, cost.input)
-        self.output = add_optional(self.output, cost.output)
-        self.cache_read = add_optional(self.cache_read, cost.cache_read)
-        self.cache_write = add_optional(self.cache_write, cost.cache_write)
-        if cost.source != self.source:
-            self.source = "mixed"
-
-    def value(self) -> Cost:
-        return Cost(self.amount, self.currency, self.input, self.output, self.cache_read, self.cache_write,
-                    self.source)
 
 
 class Session:
@@ -85,7 +55,10 @@ class Session:
 
     def _clear(self) -> None:
         self._totals = Totals(self._window_s)
-        self._cost: _CostSum | None = None
+        # billed counts per quote (the prices of a call), [reasoning billed with the output, apart]:
+        # priced when read, which gives exactly the sum of the calls' costs (see pricing.Quote)
+        self._billed: dict[Quote, list[list[int] | None]] = {}
+        self._currency: str | None = None
         self._unpriced_calls = 0
         self._turns = 0
         self._loose_calls = 0  # calls made outside any explicit turn: each is its own turn
@@ -93,15 +66,25 @@ class Session:
 
     # ----------------------------------------------------------------- recording (called by the lifecycle)
     def _add(self, call: Call) -> None:
+        quote = call.quote
         with self._lock:
-            self._totals.add_call(call)
-            if call.cost is not None:
-                if self._cost is None:
-                    self._cost = _CostSum(call.cost)
-                else:
-                    self._cost.add(call.cost)
+            if quote is not None:
+                currency = self._currency
+                if currency is None:
+                    self._currency = quote.currency
+                elif quote.currency != currency:  # checked before any change: the call is not added
+                    raise ValueError(f"cannot add costs in {currency} and {quote.currency}")
+                billed = self._billed.get(quote)
+                if billed is None:
+                    billed = self._billed[quote] = [None, None]
+                apart = quote.apart(call.reasoning_tokens)
+                counts = billed[apart]
+                if counts is None:
+                    counts = billed[apart] = [0, 0, 0, 0, 0, 0, 0]
+                quote.add_call(counts, apart, call)
             elif call.input_tokens or call.output_tokens:
                 self._unpriced_calls += 1
+            self._totals.add_call(call)
             if call.turn is None:
                 self._loose_calls += 1
             self._history.append(call)
@@ -124,7 +107,16 @@ class Session:
         """Total cost of the priced calls; ``None`` when no call could be priced."""
         apply_pending()
         with self._lock:
-            return None if self._cost is None else self._cost.value()
+            return self._cost()
+
+    def _cost(self) -> Cost | None:
+        total: Cost | None = None
+        for quote, billed in self._billed.items():
+            for apart, counts in enumerate(billed):
+                if counts is not None:
+                    cost = quote.cost(counts, bool(apart))
+                    total = cost if total is None else total + cost
+        return total
 
     @property
     def calls(self) -> list[CallRecord]:
@@ -159,6 +151,7 @@ class Session:
             totals = self._totals
             calls = totals.requests
             usage = totals.usage()
+            cost = self._cost()
 
             def per_call(value: float | None) -> float | None:
                 return None if value is None or calls == 0 else value / calls
@@ -177,14 +170,13 @@ class Session:
                     "cache_read_tokens": per_call(usage.cache_read_tokens),
                     "reasoning_tokens": per_call(usage.reasoning_tokens),
                     "duration_s": per_call(totals.duration_s),
-                    "cost": None if self._cost is None or calls == 0
-                    else str(self._cost.amount / Decimal(calls)),
+                    "cost": None if cost is None or calls == 0 else str(cost.amount / Decimal(calls)),
                 },
                 "tokens_per_minute": totals.window.per_minute(now),
                 "work_rate_tpm": totals.work_rate_tpm(),
                 "throttle_wait_s": totals.throttle_wait_s,
                 "retry_wait_s": totals.retry_wait_s,
-                "cost": None if self._cost is None else self._cost.value().to_dict(),
+                "cost": None if cost is None else cost.to_dict(),
                 "unpriced_calls": self._unpriced_calls,
             }
 
