@@ -617,7 +617,7 @@ class Quote:
 
     __slots__ = ("prices", "currency", "source", "bills_reasoning")
 
-    def __init__(self, prices: tuple[Decimal | None, ...], currency: str, source: str) -> None:
+    def __init__(self, prices: tuple[Any, ...], currency: str, source: str) -> None:
         self.prices = prices
         self.currency = currency
         self.source = source
@@ -656,21 +656,21 @@ class Quote:
 
     def cost(self, counts: list[int], apart: bool) -> Cost:
         """The cost of ``counts`` (one call's, or the sums of calls with the same ``apart``)."""
-        p_input, p_output, p_cache_read, p_cache_write, p_cache_write_1h, p_reasoning, p_request = \
-            self.prices  # filled: every slot but the per-request one is a Decimal
+        prices: tuple[Any, ...] = self.prices  # filled: every slot but the per-request one is a Decimal
+        p_input, p_output, p_cache_read, p_cache_write, p_cache_write_1h, p_reasoning, p_request = prices
         uncached, cache_read, cache_write_5m, cache_write_1h, output, reasoning, requests = counts
-        input_cost: Decimal = p_input * uncached if uncached else _ZERO  # type: ignore[operator]
-        cache_read_cost: Decimal = p_cache_read * cache_read if cache_read else _ZERO  # type: ignore[operator]
+        input_cost: Decimal = p_input * uncached if uncached else _ZERO
+        cache_read_cost: Decimal = p_cache_read * cache_read if cache_read else _ZERO
         cache_write_cost: Decimal = _ZERO
         if cache_write_5m or cache_write_1h:
-            cache_write_cost = p_cache_write * cache_write_5m  # type: ignore[operator]
+            cache_write_cost = p_cache_write * cache_write_5m
             if cache_write_1h:
-                cache_write_cost += p_cache_write_1h * cache_write_1h  # type: ignore[operator]
+                cache_write_cost += p_cache_write_1h * cache_write_1h
         output_cost: Decimal
         if apart:
-            output_cost = p_output * output + p_reasoning * reasoning  # type: ignore[operator]
+            output_cost = p_output * output + p_reasoning * reasoning
         else:
-            output_cost = p_output * output if output else _ZERO  # type: ignore[operator]
+            output_cost = p_output * output if output else _ZERO
         amount = input_cost + cache_read_cost + cache_write_cost + output_cost
         if p_request is not None and requests:
             amount += p_request * requests  # per-request fees (Perplexity) are in amount only
