@@ -372,3 +372,73 @@ def test_agrees_with_genai_prices_calc_price() -> None:
             assert mine is not None and mine.amount == expected, (model, input_tokens, output_tokens)
             checked += 1
     assert checked == 20 * len(models)
+
+
+def test_summed_counts_price_to_the_sum_of_the_calls_costs() -> None:
+    """A session prices the counts its calls add up per quote: the same amounts, to the last digit
+    and the same exponent, as pricing every call and adding the costs (tiered, cached, 1-hour cache
+    writes, reasoning billed apart, per-request fees)."""
+    rng = random.Random(11)
+    models = [("openai", "gpt-4o"), ("openai", "o3"), ("anthropic", "claude-sonnet-4-5"),
+              ("google", "gemini-2.5-pro"), ("perplexity", "sonar-deep-research"), ("deepseek", "deepseek-chat")]
+    options = resolve({})
+    for provider, model in models:
+        calls = []
+        for _ in range(25):
+            input_tokens = rng.choice([0, 900, 150_000, 200_001, 300_000])
+            cache_read = rng.randint(0, input_tokens // 3)
+            cache_write = rng.choice([0, rng.randint(0, input_tokens // 3)])
+            output_tokens = rng.choice([0, rng.randint(1, 4_000)])
+            calls.append(SimpleNamespace(
+                provider=provider, response_model=model, request_model=model, price_context=None,
+                input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cache_read,
+                cache_write_tokens=cache_write, cache_write_1h_tokens=rng.randint(0, cache_write),
+                reasoning_tokens=rng.choice([None, 0, rng.randint(0, output_tokens)])))
+        # bad vendor data, cache reads above the prompt: clipped per call, never summed negative
+        calls.append(SimpleNamespace(**{**vars(calls[-1]), "input_tokens": 100, "cache_read_tokens": 400}))
+        billed: dict[Any, list[list[int] | None]] = {}
+        expected = None
+        for call in calls:
+            quote = pricing.quote_call(call, options)
+            assert quote is not None, model
+            cost = quote.cost_of_call(call)
+            assert cost == pricing.price_usage_of_call(call, options)
+            expected = cost if expected is None else expected + cost
+            apart = quote.apart(call.reasoning_tokens)
+            groups = billed.setdefault(quote, [None, None])
+            if groups[apart] is None:
+                groups[apart] = [0] * 7
+            quote.add_call(groups[apart], apart, call)
+        total = None
+        for quote, groups in billed.items():
+            for apart, counts in enumerate(groups):
+                if counts is not None:
+                    part = quote.cost(counts, bool(apart))
+                    total = part if total is None else total + part
+        assert total == expected, model
+        assert total is not None and expected is not None
+        assert total.to_dict() == expected.to_dict(), model  # the same digits, not only the same value
+
+
+def test_a_quote_is_resolved_once_per_model_pair_and_options() -> None:
+    usage_call = SimpleNamespace(provider="openai", response_model="gpt-4o-2024-11-20", request_model="gpt-4o",
+                                 price_context=None, input_tokens=1_000, output_tokens=10, cache_read_tokens=None,
+                                 cache_write_tokens=None, reasoning_tokens=None, cache_write_1h_tokens=None)
+    usd = resolve({})
+    first = pricing.quote_call(usage_call, usd)
+    assert first is not None and pricing.quote_call(usage_call, usd) is first
+    euro = resolve({"currency": "EUR", "currency_rates": {"EUR": "0.5"}})
+    in_euro = pricing.quote_call(usage_call, euro)
+    assert in_euro is not None and in_euro.currency == "EUR" and in_euro.prices[0] == first.prices[0] * D("0.5")
+    # a prompt-length tier: the quote follows the call's prompt, every time
+    tiered = SimpleNamespace(**{**vars(usage_call), "provider": "gcp.gemini", "response_model": "gemini-2.5-pro",
+                                "request_model": "gemini-2.5-pro"})
+    low = pricing.quote_call(tiered, usd)
+    tiered.input_tokens = 250_000
+    high = pricing.quote_call(tiered, usd)
+    assert low is not None and high is not None and high.prices[0] == 2 * low.prices[0]
+    # an unknown model is counted as unpriced on every call, resolved or cached
+    unknown = SimpleNamespace(**{**vars(usage_call), "response_model": "mystery-9", "request_model": "mystery"})
+    before = unpriced_count()
+    assert pricing.quote_call(unknown, usd) is None and pricing.quote_call(unknown, usd) is None
+    assert unpriced_count() == before + 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextvars
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -71,7 +72,7 @@ class Call:
         "server_address", "server_port", "session", "turn", "started_at", "t0", "duration_s",
         "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
         "usage_source", "finish_reasons", "error_type", "cost", "priced", "span", "request_body", "done",
-        "headers", "header_reader", "late_usage", "late_usage_reader", "__dict__",
+        "headers", "header_reader", "late_usage", "late_usage_reader", "quote", "__dict__",
     )
 
     # ---- set by few calls (class-level defaults; see above)
@@ -96,9 +97,6 @@ class Call:
     _record: CallRecord | None = None
     # what selects a price variant, as the response reports it (e.g. {"service_tier": "flex"})
     price_context: dict[str, str] | None = None
-    # the prices the call is billed at (a pricing.Quote; None: unpriced). A call nothing needed
-    # priced at once gets only its quote: its session prices the sums, its record its own usage
-    quote: Any = None
     # the metric instruments its points go to when the call is applied (see Recorder.finish), and
     # the OpenTelemetry context that was current when it finished (exemplars link to its span)
     instruments: Any = None
@@ -141,6 +139,9 @@ class Call:
         # (every Gemini chunk repeats the totals so far: only the last one counts)
         self.late_usage: Any = None
         self.late_usage_reader: Callable[[Call, Any], None] | None = None
+        # the prices the call is billed at (a pricing.Quote; None: unpriced). A call nothing needed
+        # priced at once gets only its quote: its session prices the sums, its record its own usage
+        self.quote: Any = None
 
     def set_usage(self, input_tokens: int, output_tokens: int, cache_read: int | None = None,
                   cache_write: int | None = None, reasoning: int | None = None,
@@ -450,6 +451,10 @@ class Recorder:
             self._folding_thread = None
 
     def _apply(self, call: Call, stats: ProcessStats) -> None:
+        # the call may be kept in its session's history for a thousand calls: the model name it
+        # keeps of the response is replaced by a shared copy, so the SDK's own string dies with the
+        # response (live objects kept among the SDK's garbage cost its next calls cache misses)
+        _keep_shared(call)
         if not call.priced:
             if call.instruments is not None:
                 self._price_now(call)  # the cost counter needs the amount
@@ -495,6 +500,22 @@ class Recorder:
 
             quote = self._quote_call = quote_call
         return quote(call, self.options)
+
+
+_shared_models: dict[str, str] = {}
+_SHARED_MODELS_MAX = 1024
+
+
+def _keep_shared(call: Call) -> None:
+    """Replace the call's response model name by a shared (interned) copy."""
+    model = call.response_model
+    if model is not None:
+        found = _shared_models.get(model)
+        if found is None:
+            if len(_shared_models) >= _SHARED_MODELS_MAX:
+                _shared_models.clear()
+            found = _shared_models[model] = sys.intern(model) if type(model) is str else model
+        call.response_model = found
 
 
 recorder = Recorder()

@@ -786,6 +786,13 @@ def price(model: str, usage: Usage, *, provider: str | None = None, options: Opt
         usage.reasoning_tokens, cache_write_1h_tokens, requests)
 
 
+_Unpriced = tuple[str, str | None, str]  # _note_unpriced's arguments
+# (provider, response model, request model) -> (the options it was resolved with, its quote, the
+# unpriced note): calls whose quote depends on nothing else (no service tier, prompt-length tier or
+# date-dependent price) are resolved once per model pair, not once per call
+_constant_quotes: dict[tuple[str, str | None, str | None], tuple[Any, Quote | None, _Unpriced | None]] = {}
+
+
 def quote_call(call: Any, options: Options | None = None) -> Quote | None:
     """The quote a finished call (the lifecycle's ``Call``) is billed at: its response model first
     (dated, and the real model behind an Azure deployment name), then its request model, at the
@@ -798,18 +805,40 @@ def quote_call(call: Any, options: Options | None = None) -> Quote | None:
     provider = call.provider
     response_model = call.response_model
     request_model = call.request_model
+    context = getattr(call, "price_context", None)
+    key = (provider, response_model, request_model)
+    if context is None:
+        hit = _constant_quotes.get(key)
+        if hit is not None and hit[0] is options:
+            if hit[2] is not None:
+                _note_unpriced(*hit[2])
+            return hit[1]
+    quote, unpriced, constant = _resolve_quote(call.input_tokens, options, provider, response_model,
+                                               request_model, context)
+    if unpriced is not None:
+        _note_unpriced(*unpriced)
+    if constant and context is None:
+        if len(_constant_quotes) >= _QUOTES_MAX:
+            _constant_quotes.clear()
+        _constant_quotes[key] = (options, quote, unpriced)
+    return quote
+
+
+def _resolve_quote(input_tokens: int, options: Options, provider: str, response_model: str | None,
+                   request_model: str | None, context: Mapping[str, str] | None,
+                   ) -> tuple[Quote | None, _Unpriced | None, bool]:
+    """(quote, unpriced note, whether the answer holds for every call of these models)."""
     for model in (response_model, request_model if request_model != response_model else None):
         if not model:
             continue
         entry = _entries.get((model, provider)) or _resolve(model, provider)
-        sheet, currency, source = _sheet(entry, options, getattr(call, "price_context", None), None)
+        sheet, currency, source = _sheet(entry, options, context, None)
         if sheet is not None:
-            return _quote(sheet, call.input_tokens, currency, source)
+            return (_quote(sheet, input_tokens, currency, source), None,
+                    not sheet.tiered and entry.selectors is None)
         if source != "unknown-model":
-            _note_unpriced(model, provider, source)
-            return None
-    _note_unpriced(response_model or request_model or "", provider, "unknown-model")
-    return None
+            return None, (model, provider, source), True
+    return None, (response_model or request_model or "", provider, "unknown-model"), True
 
 
 def price_usage_of_call(call: Any, options: Options | None = None) -> Cost | None:
@@ -877,5 +906,6 @@ def clear_cache() -> None:
     with _resolve_lock:
         _entries.clear()
         _quotes.clear()
+        _constant_quotes.clear()
     with _unpriced_lock:
         _warned.clear()
