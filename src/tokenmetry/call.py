@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import Options
 from .pending import FOLD_BATCH, set_applier
-from .rate import ProcessStats, add_wait
+from .rate import CallSums, ProcessStats, add_wait
 from .session import Session, current_session, sessions
 from .session import _current as _current_session
 from .usage import CallRecord, Cost, Usage
@@ -437,32 +437,60 @@ class Recorder:
         self._folding_thread = threading.get_ident()
         try:
             pending = self._pending
-            stats = self.stats
-            while True:
+            while pending:
+                calls: list[Call] = []
                 try:
-                    call = pending.popleft()
+                    while True:
+                        calls.append(pending.popleft())
                 except IndexError:
-                    return
-                try:
-                    self._apply(call, stats)
-                except Exception:
-                    report_failure("apply", "adding a call to its session and the statistics")
+                    pass
+                self._apply(calls)
         finally:
             self._folding_thread = None
 
-    def _apply(self, call: Call, stats: ProcessStats) -> None:
+    def _apply(self, calls: list[Call]) -> None:
+        """Add finished calls to their sessions and the statistics. A run of consecutive calls of one
+        session and one model (the usual batch) is summed in one pass and added as one sum."""
+        stats = self.stats
+        count = len(calls)
+        start = 0
+        while start < count:
+            first = calls[start]
+            session, provider = first.session, first.provider
+            model = first.response_model or first.request_model
+            end = start + 1
+            while end < count:
+                call = calls[end]
+                if call.session is not session or call.provider != provider or \
+                        (call.response_model or call.request_model) != model:
+                    break
+                end += 1
+            run = calls if end - start == count else calls[start:end]
+            for call in run:
+                try:
+                    self._prepare(call, stats)
+                except Exception:
+                    report_failure("apply", "pricing a call and recording its metric points")
+            try:
+                sums = CallSums(run)
+                session._add_calls(run, sums)
+                stats.add_sums(provider, model, sums)
+            except Exception:
+                report_failure("apply", "adding calls to their session and the statistics")
+            start = end
+
+    def _prepare(self, call: Call, stats: ProcessStats) -> None:
+        """What a call needs before it joins its session: its price, metric points, rate limits."""
         # the call may be kept in its session's history for a thousand calls: the model name it
         # keeps of the response is replaced by a shared copy, so the SDK's own string dies with the
         # response (live objects kept among the SDK's garbage cost its next calls cache misses)
         _keep_shared(call)
+        instruments = call.instruments
         if not call.priced:
-            if call.instruments is not None:
+            if instruments is not None:
                 self._price_now(call)  # the cost counter needs the amount
             else:
                 self._quote_now(call)
-        call.session._add(call)
-        stats.add(call)
-        instruments = call.instruments
         if instruments is not None:
             call.instruments = None
             try:

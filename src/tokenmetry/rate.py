@@ -18,7 +18,7 @@ from .usage import ModelStats, PerformanceSnapshot, Usage
 if TYPE_CHECKING:
     from .call import Call
 
-__all__ = ["RateWindow", "Totals", "ProcessStats"]
+__all__ = ["CallSums", "RateWindow", "Totals", "ProcessStats"]
 
 logger = logging.getLogger("tokenmetry")
 _UNREAD_MAX = 64  # responses kept unread before their headers are read anyway
@@ -71,6 +71,82 @@ def add_wait(holder: Any, slept_s: float, cause: str) -> None:
         holder.retry_wait_s += slept_s
 
 
+class CallSums:
+    """What a run of finished calls adds to running totals, summed in one pass over the calls (a
+    session and the statistics then add the sums once, instead of each adding every call).
+
+    A detail count (cache read and write, reasoning, tool) is None when no call of the run reported
+    it; ``seconds`` holds (second of the wall clock, tokens) for the tokens-per-minute window, one
+    entry per second in which calls of the run ended.
+    """
+
+    __slots__ = ("requests", "errors", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s",
+                 "duration_s", "busy_s", "input", "output", "cache_read", "cache_write", "reasoning", "tool",
+                 "seconds")
+
+    def __init__(self, calls: list[Call]) -> None:
+        errors = retries = throttle_events = input_total = output_total = 0
+        throttle_wait_s = retry_wait_s = duration_total = busy_s = 0.0
+        cache_read: int | None = None
+        cache_write: int | None = None
+        reasoning: int | None = None
+        tool: int | None = None
+        seconds: list[tuple[int, int]] = []
+        last_second = -1
+        last_tokens = 0
+        for call in calls:
+            if call.error_type is not None:
+                errors += 1
+            if call.retries:
+                retries += call.retries
+                throttle_events += call.throttle_events
+                throttle_wait_s += call.throttle_wait_s
+                retry_wait_s += call.retry_wait_s
+            duration = call.duration_s
+            duration_total += duration
+            input_tokens = call.input_tokens
+            output_tokens = call.output_tokens
+            if input_tokens or output_tokens:  # work rate is throughput while producing tokens
+                input_total += input_tokens
+                output_total += output_tokens
+                busy_s += duration
+                second = int(call.started_at + duration)  # the call's end
+                if second != last_second:
+                    if last_tokens:
+                        seconds.append((last_second, last_tokens))
+                    last_second, last_tokens = second, 0
+                last_tokens += input_tokens + output_tokens
+            value = call.cache_read_tokens
+            if value is not None:
+                cache_read = value if cache_read is None else cache_read + value
+            value = call.cache_write_tokens
+            if value is not None:
+                cache_write = value if cache_write is None else cache_write + value
+            value = call.reasoning_tokens
+            if value is not None:
+                reasoning = value if reasoning is None else reasoning + value
+            value = call.tool_tokens
+            if value is not None:
+                tool = value if tool is None else tool + value
+        if last_tokens:
+            seconds.append((last_second, last_tokens))
+        self.requests = len(calls)
+        self.errors = errors
+        self.retries = retries
+        self.throttle_events = throttle_events
+        self.throttle_wait_s = throttle_wait_s
+        self.retry_wait_s = retry_wait_s
+        self.duration_s = duration_total
+        self.busy_s = busy_s
+        self.input = input_total
+        self.output = output_total
+        self.cache_read = cache_read
+        self.cache_write = cache_write
+        self.reasoning = reasoning
+        self.tool = tool
+        self.seconds = seconds
+
+
 class Totals:
     """Running totals of calls: a session's, or the statistics' per (provider, model), summed at read
     time into a provider's and the process's. Not locked: the owner serialises changes."""
@@ -95,32 +171,30 @@ class Totals:
     def work_rate_tpm(self) -> float:
         return 60.0 * (self.input + self.output) / self.busy_s if self.busy_s > 0 else 0.0
 
-    def add_call(self, call: Call) -> None:
-        """Add one finished call (its tokens-per-minute second: the call's end)."""
-        self.requests += 1
-        if call.error_type is not None:
-            self.errors += 1
-        if call.retries:  # every wait counts a retry (add_wait): no retries, no waits
-            self.retries += call.retries
-            self.throttle_events += call.throttle_events
-            self.throttle_wait_s += call.throttle_wait_s
-            self.retry_wait_s += call.retry_wait_s
-        duration = call.duration_s
-        self.duration_s += duration
-        tokens = call.input_tokens + call.output_tokens
-        if tokens:  # work rate is throughput while producing tokens: token counting is not work
-            self.input += call.input_tokens
-            self.output += call.output_tokens
-            self.busy_s += duration
-            self.window.add(tokens, call.started_at + duration)
-        if call.cache_read_tokens is not None:
-            self.cache_read = (self.cache_read or 0) + call.cache_read_tokens
-        if call.cache_write_tokens is not None:
-            self.cache_write = (self.cache_write or 0) + call.cache_write_tokens
-        if call.reasoning_tokens is not None:
-            self.reasoning = (self.reasoning or 0) + call.reasoning_tokens
-        if call.tool_tokens is not None:
-            self.tool = (self.tool or 0) + call.tool_tokens
+    def add_sums(self, sums: CallSums) -> None:
+        """Add what a run of finished calls sums to (see :class:`CallSums`)."""
+        self.requests += sums.requests
+        self.errors += sums.errors
+        if sums.retries:  # every wait counts a retry (add_wait): no retries, no waits
+            self.retries += sums.retries
+            self.throttle_events += sums.throttle_events
+            self.throttle_wait_s += sums.throttle_wait_s
+            self.retry_wait_s += sums.retry_wait_s
+        self.duration_s += sums.duration_s
+        self.input += sums.input
+        self.output += sums.output
+        self.busy_s += sums.busy_s
+        window = self.window
+        for second, tokens in sums.seconds:
+            window.add(tokens, second)
+        if sums.cache_read is not None:
+            self.cache_read = (self.cache_read or 0) + sums.cache_read
+        if sums.cache_write is not None:
+            self.cache_write = (self.cache_write or 0) + sums.cache_write
+        if sums.reasoning is not None:
+            self.reasoning = (self.reasoning or 0) + sums.reasoning
+        if sums.tool is not None:
+            self.tool = (self.tool or 0) + sums.tool
 
     def add_retry(self, slept_s: float, cause: str) -> None:
         """A wait of a retry loop between whole calls (no call of its own to carry it)."""
@@ -187,14 +261,14 @@ class ProcessStats:
         # (provider, model, parser, headers, values read already)
         self._unread: list[tuple[str, str | None, Any, Any, dict[str, Any] | None]] = []
 
-    def add(self, call: Call) -> None:
-        """Add a finished call to its (provider, model) tally."""
-        key = (call.provider, call.response_model or call.request_model)
+    def add_sums(self, provider: str, model: str | None, sums: CallSums) -> None:
+        """Add a run of finished calls of one (provider, model) to its tally."""
+        key = (provider, model)
         with self._lock:
             tally = self._models.get(key)
             if tally is None:
                 tally = self._models[key] = Totals(self._window_s)
-            tally.add_call(call)
+            tally.add_sums(sums)
 
     def add_retry(self, provider: str, model: str | None, slept_s: float, cause: str) -> None:
         """A wait of a retry loop around whole calls (no call of its own to carry it)."""

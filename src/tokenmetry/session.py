@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .pending import apply_pending
-from .rate import Totals
+from .rate import CallSums, Totals
 from .usage import CallRecord, Cost, Usage
 
 if TYPE_CHECKING:
@@ -65,29 +65,39 @@ class Session:
         self._history.clear()
 
     # ----------------------------------------------------------------- recording (called by the lifecycle)
-    def _add(self, call: Call) -> None:
-        quote = call.quote
+    def _add_calls(self, calls: list[Call], sums: CallSums) -> None:
+        """Add finished calls of this session (``sums``: what they sum to)."""
         with self._lock:
-            if quote is not None:
-                currency = self._currency
+            currency = self._currency
+            billed_by_quote = self._billed
+            for call in calls:
+                if call.turn is None:
+                    self._loose_calls += 1
+                quote = call.quote
+                if quote is None:
+                    if call.input_tokens or call.output_tokens:
+                        self._unpriced_calls += 1
+                    continue
                 if currency is None:
-                    self._currency = quote.currency
-                elif quote.currency != currency:  # checked before any change: the call is not added
-                    raise ValueError(f"cannot add costs in {currency} and {quote.currency}")
-                billed = self._billed.get(quote)
+                    currency = self._currency = quote.currency
+                elif quote.currency != currency:  # the options changed currency mid-session
+                    from .call import warn_once
+
+                    self._unpriced_calls += 1
+                    warn_once("session-currency", "tokenmetry: session %r has calls priced in %s and %s; the "
+                              "later ones are left out of its cost and counted as unpriced", self.id, currency,
+                              quote.currency)
+                    continue
+                billed = billed_by_quote.get(quote)
                 if billed is None:
-                    billed = self._billed[quote] = [None, None]
+                    billed = billed_by_quote[quote] = [None, None]
                 apart = quote.apart(call.reasoning_tokens)
                 counts = billed[apart]
                 if counts is None:
                     counts = billed[apart] = [0, 0, 0, 0, 0, 0, 0]
                 quote.add_call(counts, apart, call)
-            elif call.input_tokens or call.output_tokens:
-                self._unpriced_calls += 1
-            self._totals.add_call(call)
-            if call.turn is None:
-                self._loose_calls += 1
-            self._history.append(call)
+            self._totals.add_sums(sums)
+            self._history.extend(calls)
 
     def _add_retry(self, slept_s: float, cause: str) -> None:
         """A wait between whole calls of a retry loop: the session's, not any one call's."""
