@@ -13,6 +13,7 @@ benchmark within about 10 µs for the OpenAI chat call.
 Needs valgrind (Debian: ``apt-get install valgrind``). About three minutes per mode::
 
     python benchmarks/bench_cachegrind.py --provider openai --modes tokenmetry-nosdk,tokenmetry
+    python benchmarks/bench_cachegrind.py --modes tokenmetry,yardstick,yardstick-full   # OpenAI only for -full
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 EVENTS = ("Ir", "I1mr", "ILmr", "Dr", "D1mr", "DLmr", "Dw", "D1mw", "DLmw")
 SHORT, LONG, WARMUP = 32, 160, 64
-MODES = ("bare", "tokenmetry-nosdk", "tokenmetry")
+MODES = ("bare", "tokenmetry-nosdk", "tokenmetry", "yardstick", "yardstick-full")
 
 
 def child(provider: str, mode: str, calls: int) -> None:
@@ -39,7 +40,10 @@ def child(provider: str, mode: str, calls: int) -> None:
 
     scenario = bench.SCENARIOS[(provider, "chat")]
     client = scenario.make_client()
-    if mode != "bare":
+    if mode.startswith("yardstick"):  # the hand-written wrappers of bench_overhead.py
+        kind = bench.YardstickFull if mode == "yardstick-full" else bench.Yardstick
+        bench.YardstickMode(provider, bench.OTelSDK("batch"), kind).attach(client)
+    elif mode != "bare":
         import tokenmetry
 
         kwargs = {}
