@@ -72,7 +72,7 @@ class Call:
         "server_address", "server_port", "session", "turn", "started_at", "t0", "duration_s",
         "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
         "usage_source", "finish_reasons", "error_type", "cost", "priced", "span", "request_body", "done",
-        "headers", "header_reader", "late_usage", "late_usage_reader", "quote", "__dict__",
+        "headers", "header_reader", "late_usage", "late_usage_reader", "quote", "metrics", "__dict__",
     )
 
     # ---- set by few calls (class-level defaults; see above)
@@ -97,10 +97,6 @@ class Call:
     _record: CallRecord | None = None
     # what selects a price variant, as the response reports it (e.g. {"service_tier": "flex"})
     price_context: dict[str, str] | None = None
-    # the metric instruments its points go to when the call is applied (see Recorder.finish), and
-    # the OpenTelemetry context that was current when it finished (exemplars link to its span)
-    instruments: Any = None
-    metric_context: Any = None
 
     def __init__(self, provider: str, operation: str, request_model: str | None, stream: bool,
                  server_address: str | None, server_port: int | None, session: Session,
@@ -142,6 +138,9 @@ class Call:
         # the prices the call is billed at (a pricing.Quote; None: unpriced). A call nothing needed
         # priced at once gets only its quote: its session prices the sums, its record its own usage
         self.quote: Any = None
+        # (metric instruments, the OpenTelemetry context current when the call finished): its points
+        # are recorded when the call is applied (see Recorder.finish); exemplars link to that context
+        self.metrics: tuple[Any, Any] | None = None
 
     def set_usage(self, input_tokens: int, output_tokens: int, cache_read: int | None = None,
                   cache_write: int | None = None, reasoning: int | None = None,
@@ -355,8 +354,7 @@ class Recorder:
             telemetry = self.telemetry
             instruments = telemetry.instruments()
             if instruments is not None:  # its points are recorded when the call is applied
-                call.instruments = instruments
-                call.metric_context = telemetry.current_context()
+                call.metrics = (instruments, telemetry.current_context())
             span = call.span
             notify = self._sinks or self._subscribers
             pending = self._pending
@@ -485,18 +483,15 @@ class Recorder:
         # keeps of the response is replaced by a shared copy, so the SDK's own string dies with the
         # response (live objects kept among the SDK's garbage cost its next calls cache misses)
         _keep_shared(call)
-        instruments = call.instruments
+        metrics = call.metrics
         if not call.priced:
-            if instruments is not None:
+            if metrics is not None:
                 self._price_now(call)  # the cost counter needs the amount
             else:
                 self._quote_now(call)
-        if instruments is not None:
-            call.instruments = None
-            try:
-                self.telemetry.record_metrics(call, instruments, call.metric_context)
-            finally:
-                call.metric_context = None
+        if metrics is not None:
+            call.metrics = None
+            self.telemetry.record_metrics(call, *metrics)
         headers = call.headers
         if headers is not None or call.rate_limits:
             call.headers = None  # read by the statistics when asked, newest first

@@ -93,7 +93,9 @@ def _completion_readers(chat: bool) -> tuple[Callable[[Call, Any], None], ChunkR
     def read_completion(call: Call, completion: Any) -> None:
         call.response_id = completion.id
         call.response_model = completion.model
-        read_service_tier(call, completion)
+        tier = getattr(completion, "service_tier", None)
+        if tier is not None and tier in _TIER_CONTEXTS:  # read_service_tier, inline: once per call
+            call.price_context = _TIER_CONTEXTS[tier]
         for choice in completion.choices:
             if choice.finish_reason:
                 call.finish_reasons.append(choice.finish_reason)

@@ -160,8 +160,17 @@ class StainlessAdapter:
         endpoint = self.route(client, options)
         if endpoint is None:
             return None
-        target = self._cached_target(client)
-        model, stream, body = self.request_facts(options)
+        # the target depends on base_url only; recomputed when the client's base_url object changes
+        # (the stored URL object: openai's ``base_url`` property runs an import statement per access)
+        stored = client.__dict__
+        cached = stored.get("_tokenmetry_target")
+        target = cached[1] if cached is not None and cached[0] is stored.get("_base_url") else \
+            self._remember_target(client)
+        body = options.json_data
+        if type(body) is dict:  # the usual request (request_facts' first case, inline)
+            model, stream = body.get("model"), bool(body.get("stream"))
+        else:
+            model, stream, body = self.request_facts(options)
         call = recorder.begin(target.provider, endpoint.operation, model, stream,
                               target.server_address, target.server_port, body)
         if stream and endpoint.prepare is not None and isinstance(body, Mapping) and options is not None \
@@ -171,14 +180,10 @@ class StainlessAdapter:
                 options.json_data = replacement
         return endpoint, call
 
-    def _cached_target(self, client: Any) -> Target:
-        # the target depends on base_url only; recompute when the client's base_url object changes
-        # (the stored URL object: openai's ``base_url`` property runs an import statement per access)
-        stored = client.__dict__
-        cached = stored.get("_tokenmetry_target")
-        if cached is not None and cached[0] is stored.get("_base_url"):
-            return cached[1]  # type: ignore[no-any-return]
+    def _remember_target(self, client: Any) -> Target:
+        """Work out where the client points and keep it with the base_url object it holds now."""
         target = self.target(client)
+        stored = client.__dict__
         stored["_tokenmetry_target"] = (stored.get("_base_url") or client.base_url, target)
         return target
 
