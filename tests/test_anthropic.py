@@ -1178,3 +1178,27 @@ async def test_instrumented_calls_behave_the_same(otel: Any, records: list[Any])
     assert len(bare_sync) == 14 and len(bare_async) == 8
     # every call of the instrumented run was recorded exactly once (the retried ones once)
     assert len(records) == 12 + 6
+
+
+# ----------------------------------------------------------------------------- content capture
+@pytest.mark.parametrize("stream", [False, True], ids=["call", "stream"])
+def test_captured_content_is_the_prompt_and_the_whole_answer(server: LocalAPIServer, otel: Any,
+                                                             stream: bool) -> None:
+    tokenmetry.instrument(providers=["anthropic"], capture_content="SPAN_ONLY", **otel.kwargs())
+    if stream:
+        with client(server).messages.stream(**ARGS) as events:
+            answer = "".join(events.text_stream)
+    else:
+        message = client(server).messages.create(**ARGS)
+        answer = "".join(block.text for block in message.content if block.type == "text")
+    span = only(tokenmetry_spans(otel))
+    assert answer
+    assert json.loads(span.attributes["gen_ai.input.messages"]) == MESSAGES
+    assert json.loads(span.attributes["gen_ai.output.messages"]) == [
+        {"role": "assistant", "parts": [{"type": "text", "content": answer}]}]
+
+
+def test_no_content_on_spans_by_default(server: LocalAPIServer, tm: Any) -> None:
+    client(server).messages.create(**ARGS)
+    span = only(tokenmetry_spans(tm))
+    assert not [key for key in span.attributes if key.endswith(".messages")]

@@ -839,3 +839,30 @@ def test_differential_results_are_unchanged(otel):
     assert [o[0] for o in observed if isinstance(o, tuple)] == ["raised"] * 3
     # one record per API call: every request but the retried attempts (1 + 2 of them)
     assert len(calls()) == requests - 3 == len(otel.finished_spans())
+
+
+# ----------------------------------------------------------------------------- content capture
+def test_content_is_not_on_spans_unless_asked_for(server, instrumented):
+    client = server.genai_client()
+    client.models.generate_content(model=MODEL, contents=PROMPT)
+    for _ in client.models.generate_content_stream(model=MODEL, contents=PROMPT):
+        pass
+    spans = instrumented.finished_spans()
+    assert len(spans) == 2
+    assert not [key for span in spans for key in span.attributes if key.startswith("gen_ai.") and
+                key.endswith(".messages")]
+
+
+@pytest.mark.parametrize("stream_usage", ["every", "last"])
+def test_captured_content_of_a_stream_is_the_whole_text(server, otel, stream_usage):
+    """With SPAN_ONLY, a streamed answer's text is on its span whole, whether or not its chunks carry
+    usage (tokenmetry keeps a stream's text for estimates only while no usage has come)."""
+    tokenmetry.instrument(providers=["google_genai"], capture_content="SPAN_ONLY", **otel.kwargs())
+    server.enqueue("gemini", Reply(stream_usage=stream_usage))
+    client = server.genai_client()
+    delivered = "".join(chunk.text or "" for chunk in client.models.generate_content_stream(
+        model=MODEL, contents=PROMPT))
+    [span] = otel.finished_spans()
+    output = json.loads(span.attributes["gen_ai.output.messages"])
+    assert output == [{"role": "assistant", "parts": [{"type": "text", "content": delivered}]}]
+    assert PROMPT in span.attributes["gen_ai.input.messages"]

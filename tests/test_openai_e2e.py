@@ -18,7 +18,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from _checks import AttributeKey, attribute_key, check_histograms, points_by_attributes
+from _checks import AttributeKey, attribute_key, check_histograms, points_by_attributes, tokenmetry_spans
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
 
@@ -928,3 +928,42 @@ def test_metric_exemplars_link_to_the_span_current_when_the_call_finished(server
     exemplars = {p.attributes["gen_ai.request.model"]: [e.span_id for e in p.exemplars] for p in points}
     assert exemplars == {CHAT_MODEL: [first.get_span_context().span_id],
                          "gpt-4o": [second.get_span_context().span_id]}
+
+
+# ================================================================================ content capture
+@pytest.mark.parametrize("stream", [False, True], ids=["call", "stream"])
+def test_captured_content_is_the_prompt_and_the_whole_answer(server: LocalAPIServer, otel: Any,
+                                                             stream: bool) -> None:
+    """SPAN_ONLY puts the request's messages and the answer's text on the span, for plain and
+    streamed chat completions and Responses alike; without it neither is recorded."""
+    import json
+
+    tokenmetry.instrument(capture_content="SPAN_ONLY", **otel.kwargs())
+    with openai_client(server) as client:
+        completion = client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, stream=stream)
+        chat_text = "".join(c.choices[0].delta.content or "" for c in completion if c.choices) if stream \
+            else completion.choices[0].message.content
+        response = client.responses.create(model=CHAT_MODEL, input=PROMPT, stream=stream)
+        if stream:
+            events = list(response)
+            responses_text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        else:
+            responses_text = response.output_text
+    chat_span, responses_span = tokenmetry_spans(otel)
+    assert json.loads(chat_span.attributes["gen_ai.input.messages"]) == MESSAGES
+    assert json.loads(responses_span.attributes["gen_ai.input.messages"]) == PROMPT
+    for span, text in ((chat_span, chat_text), (responses_span, responses_text)):
+        assert text
+        assert json.loads(span.attributes["gen_ai.output.messages"]) == [
+            {"role": "assistant", "parts": [{"type": "text", "content": text}]}]
+
+
+def test_no_content_on_spans_by_default(server: LocalAPIServer, otel: Any) -> None:
+    tokenmetry.instrument(**otel.kwargs())
+    with openai_client(server) as client:
+        client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+        for _ in client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, stream=True):
+            pass
+    spans = tokenmetry_spans(otel)
+    assert len(spans) == 2
+    assert not [key for span in spans for key in span.attributes if key.endswith(".messages")]

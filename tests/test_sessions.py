@@ -13,7 +13,7 @@ import pytest
 from test_openai_e2e import CHAT_DETAILS, CHAT_MODEL, expected_cost, openai_client, truth_of, usage_of
 
 import tokenmetry
-from tokenmetry.rate import RateWindow
+from tokenmetry.rate import CallSums, RateWindow, Totals
 from tokenmetry.session import DEFAULT_SESSION_ID
 from tokenmetry.testing import LocalAPIServer, Reply
 from tokenmetry.usage import CallRecord, Usage
@@ -453,3 +453,37 @@ def test_calls_finished_by_finalisers_are_applied_by_the_next_call(server: Local
     # the finalisers applied nothing: the (FOLD_BATCH + 1)-th call's begin() applied the first batch
     assert len(recorder._pending) == 2
     assert tokenmetry.stats().requests == FOLD_BATCH + 2
+
+
+def test_a_run_of_calls_adds_its_sums_exactly() -> None:
+    """A run of calls is summed in one pass: the totals, the per-second tokens of the window (calls
+    ending in different seconds) and the detail counts (None until some call reports one)."""
+    from types import SimpleNamespace
+
+    def call(end: float, input_tokens: int, output_tokens: int, **details: Any) -> Any:
+        fields = {"cache_read_tokens": None, "cache_write_tokens": None, "reasoning_tokens": None,
+                  "tool_tokens": None, "error_type": None, "retries": 0, "throttle_events": 0,
+                  "throttle_wait_s": 0.0, "retry_wait_s": 0.0, **details}
+        return SimpleNamespace(started_at=end - 0.5, duration_s=0.5, input_tokens=input_tokens,
+                               output_tokens=output_tokens, **fields)
+
+    now = 1_000_000.0
+    calls = [call(now + 0.1, 10, 5), call(now + 0.7, 20, 5, cache_read_tokens=4),
+             call(now + 1.2, 0, 0, error_type="APIError"),  # failed before any tokens: no busy time
+             call(now + 1.3, 30, 10, reasoning_tokens=0, retries=2, throttle_events=1, throttle_wait_s=1.5,
+                  retry_wait_s=0.25),
+             call(now + 3.9, 1, 1, cache_read_tokens=6, tool_tokens=3)]
+    sums = CallSums(calls)
+    assert sums.seconds == [(1_000_000, 40), (1_000_001, 40), (1_000_003, 2)]
+    totals = Totals(60)
+    totals.add_sums(sums)
+    assert (totals.requests, totals.errors, totals.retries, totals.throttle_events) == (5, 1, 2, 1)
+    assert (totals.throttle_wait_s, totals.retry_wait_s) == (1.5, 0.25)
+    assert totals.duration_s == 2.5 and totals.busy_s == 2.0
+    assert totals.usage() == Usage(61, 21, cache_read_tokens=10, cache_write_tokens=None, reasoning_tokens=0,
+                                   tool_tokens=3)
+    assert totals.window.total(now + 4) == 82
+    assert totals.window.total(now + 60.5) == 42  # the first second has left the window
+    totals.add_sums(CallSums([call(now + 4.0, 3, 3)]))
+    assert totals.usage() == Usage(64, 24, cache_read_tokens=10, cache_write_tokens=None, reasoning_tokens=0,
+                                   tool_tokens=3)

@@ -203,6 +203,8 @@ class Recorder:
         from .telemetry import Telemetry
 
         self.options = Options()
+        # content capture is on: adapters keep a response's text for the span (not only for estimates)
+        self.keeps_output_text = False
         self.stats = ProcessStats(self.options.tpm_window_s)
         self.telemetry = Telemetry(self)
         self._subscribers: tuple[Callable[[CallRecord], Any], ...] = ()
@@ -221,6 +223,7 @@ class Recorder:
     def configure(self, options: Options) -> None:
         self.fold()  # calls finished under the old options are applied with them
         self.options = options
+        self.keeps_output_text = options.capture_on_spans
         if options.tpm_window_s != self.stats._window_s:
             self.stats = ProcessStats(options.tpm_window_s)
         sessions.configure(options.history_limit, options.tpm_window_s)

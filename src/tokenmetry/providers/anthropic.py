@@ -108,8 +108,9 @@ def _read_message(call: Call, message: Any) -> None:
     usage = _value(message, "usage")
     if usage is not None:
         _read_usage(call, usage)
-        return
-    for block in _value(message, "content") or ():  # no usage: keep the text for an estimate
+        if not recorder.keeps_output_text:
+            return
+    for block in _value(message, "content") or ():  # the text, for an estimate (no usage) or captured content
         text = _value(block, "text") or _value(block, "thinking")
         if text:
             call.add_text(text)

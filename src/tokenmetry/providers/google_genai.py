@@ -169,7 +169,7 @@ def _read_generate(call: Call, response: Any) -> None:
     usage = response.usage_metadata
     candidates = response.candidates
     if candidates:
-        _read_candidates(call, candidates, keep_text=usage is None)
+        _read_candidates(call, candidates, keep_text=usage is None or recorder.keeps_output_text)
     if usage is not None:
         _read_usage(call, usage)
     elif candidates is None and response.sdk_http_response is not None:
@@ -184,10 +184,12 @@ def _read_generate_chunk(call: Call, chunk: Any) -> bool:
     if model:
         call.response_model = model
     candidates = chunk.candidates
-    if candidates:
-        # text is kept on every chunk: a stream left early is estimated from what it delivered
-        _read_candidates(call, candidates, keep_text=True)
     usage = chunk.usage_metadata
+    if candidates:
+        # the text is for an estimate, used only when no chunk carried usage (a stream left early
+        # is otherwise counted by the last usage it delivered), and for captured content
+        _read_candidates(call, candidates, keep_text=usage is None and call.late_usage is None
+                         or recorder.keeps_output_text)
     if usage is not None:
         # every chunk repeats the totals so far and the last one is the whole: read it once, at the end
         call.late_usage = usage

@@ -102,8 +102,9 @@ def _completion_readers(chat: bool) -> tuple[Callable[[Call, Any], None], ChunkR
         usage = completion.usage
         if usage is not None:
             _read_completion_usage(call, usage)
-            return
-        for choice in completion.choices:  # no usage: keep the text for an estimate
+            if not recorder.keeps_output_text:
+                return
+        for choice in completion.choices:  # the text, for an estimate (no usage) or captured content
             if chat:
                 message = choice.message
                 text = message.content if message is not None else None
@@ -151,6 +152,10 @@ def _read_embeddings(call: Call, response: Any) -> None:
 def _read_response(call: Call, response: Any) -> None:
     call.response_id = response.id
     call.response_model = response.model
+    if recorder.keeps_output_text and not call.stream:  # a stream's text comes in its deltas
+        text = getattr(response, "output_text", None)  # the SDK joins the output's text items
+        if text:
+            call.add_text(text)
     read_service_tier(call, response)
     status = response.status
     if status:
