@@ -15,9 +15,8 @@ if TYPE_CHECKING:
     from .call import Call
     from .config import Options
     from .pricing import Quote
-    from .usage import Cost
 
-__all__ = ["estimate_call", "price_call", "quote_call", "request_text", "top_up_output", "warm_up"]
+__all__ = ["estimate_call", "quote_call", "request_text", "top_up_output", "warm_up"]
 
 
 def request_text(body: Any) -> str:
@@ -106,18 +105,6 @@ def quote_call(call: Call, options: Options | None = None) -> Quote | None:
         _quote_call = quote
     try:
         return _quote_call(call, options)  # type: ignore[no-any-return]
-    except Exception:
-        report_failure("pricing", "pricing a call")
-        return None
-
-
-def price_call(call: Call, options: Options | None = None) -> Cost | None:
-    """The cost of a call's usage, or None when its model has no known price."""
-    quote = quote_call(call, options)
-    if quote is None:
-        return None
-    try:
-        return quote.cost_of_call(call)
     except Exception:
         report_failure("pricing", "pricing a call")
         return None
