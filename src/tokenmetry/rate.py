@@ -173,49 +173,40 @@ class Totals:
 
     def add_sums(self, sums: CallSums) -> None:
         """Add what a run of finished calls sums to (see :class:`CallSums`)."""
-        self.requests += sums.requests
-        self.errors += sums.errors
-        if sums.retries:  # every wait counts a retry (add_wait): no retries, no waits
-            self.retries += sums.retries
-            self.throttle_events += sums.throttle_events
-            self.throttle_wait_s += sums.throttle_wait_s
-            self.retry_wait_s += sums.retry_wait_s
-        self.duration_s += sums.duration_s
-        self.input += sums.input
-        self.output += sums.output
-        self.busy_s += sums.busy_s
+        self._add_counts(sums)
         window = self.window
         for second, tokens in sums.seconds:
             window.add(tokens, second)
-        if sums.cache_read is not None:
-            self.cache_read = (self.cache_read or 0) + sums.cache_read
-        if sums.cache_write is not None:
-            self.cache_write = (self.cache_write or 0) + sums.cache_write
-        if sums.reasoning is not None:
-            self.reasoning = (self.reasoning or 0) + sums.reasoning
-        if sums.tool is not None:
-            self.tool = (self.tool or 0) + sums.tool
 
     def add_retry(self, slept_s: float, cause: str) -> None:
         """A wait of a retry loop between whole calls (no call of its own to carry it)."""
         add_wait(self, slept_s, cause)
 
-    def absorb(self, other: Totals) -> None:
-        """Add ``other``'s totals and window into this one (both have the same window length)."""
+    def _add_counts(self, other: Totals | CallSums) -> None:
+        """Add the counts of ``other`` (a ``CallSums`` or a ``Totals``: the same names), not its window."""
         self.requests += other.requests
         self.errors += other.errors
-        self.retries += other.retries
-        self.throttle_events += other.throttle_events
-        self.throttle_wait_s += other.throttle_wait_s
-        self.retry_wait_s += other.retry_wait_s
+        if other.retries:  # every wait counts a retry (add_wait): no retries, no waits
+            self.retries += other.retries
+            self.throttle_events += other.throttle_events
+            self.throttle_wait_s += other.throttle_wait_s
+            self.retry_wait_s += other.retry_wait_s
         self.duration_s += other.duration_s
         self.busy_s += other.busy_s
         self.input += other.input
         self.output += other.output
-        for name in ("cache_read", "cache_write", "reasoning", "tool"):
-            theirs = getattr(other, name)
-            if theirs is not None:
-                setattr(self, name, (getattr(self, name) or 0) + theirs)
+        if other.cache_read is not None:
+            self.cache_read = (self.cache_read or 0) + other.cache_read
+        if other.cache_write is not None:
+            self.cache_write = (self.cache_write or 0) + other.cache_write
+        if other.reasoning is not None:
+            self.reasoning = (self.reasoning or 0) + other.reasoning
+        if other.tool is not None:
+            self.tool = (self.tool or 0) + other.tool
+
+    def absorb(self, other: Totals) -> None:
+        """Add ``other``'s totals and window into this one (both have the same window length)."""
+        self._add_counts(other)
         window, seconds, tokens = self.window, other.window._seconds, other.window._tokens
         for index, second in enumerate(seconds):
             held = window._seconds[index]
