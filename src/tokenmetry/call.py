@@ -127,8 +127,8 @@ class Call:
         self.span: Any = None
         self.request_body = request_body  # kept only until finish, for estimates and content capture
         self.done = False
-        # the successful response's headers, unread, and their parser (a RateLimitHeaders): the
-        # statistics read the newest ones when asked
+        # the successful response's headers and their reader (a RateLimitHeaders), held until the
+        # call finishes and merges their figures into its model's
         self.headers: Any = None
         self.header_reader: Any = None
         # a stream's running usage that a chunk reader left to read once, when the call finishes
@@ -353,6 +353,9 @@ class Recorder:
                 from .accounting import top_up_output
 
                 top_up_output(call)
+            headers = call.headers
+            if headers is not None or call.rate_limits is not None:
+                self._note_rate_limits(call, headers)
             budget = call.session.budget
             telemetry = self.telemetry
             instruments = telemetry.instruments()
@@ -469,7 +472,7 @@ class Recorder:
             run = calls if end - start == count else calls[start:end]
             for call in run:
                 try:
-                    self._prepare(call, stats)
+                    self._prepare(call)
                 except Exception:
                     report_failure("apply", "pricing a call and recording its metric points")
             try:
@@ -480,7 +483,7 @@ class Recorder:
                 report_failure("apply", "adding calls to their session and the statistics")
             start = end
 
-    def _prepare(self, call: Call, stats: ProcessStats) -> None:
+    def _prepare(self, call: Call) -> None:
         """What a call needs before it joins its session: its price, metric points, rate limits."""
         # the call may be kept in its session's history for a thousand calls: the model name it
         # keeps of the response is replaced by a shared copy, so the SDK's own string dies with the
@@ -495,11 +498,19 @@ class Recorder:
         if metrics is not None:
             call.metrics = None
             self.telemetry.record_metrics(call, *metrics)
-        headers = call.headers
-        if headers is not None or call.rate_limits:
-            call.headers = None  # read by the statistics when asked, newest first
-            stats.note_rate_limits(call.provider, call.response_model or call.request_model, call.rate_limits,
-                                   call.header_reader, headers)
+
+    def _note_rate_limits(self, call: Call, headers: Any) -> None:
+        """Merge the call's rate-limit figures into its model's newest ones: a failed attempt's first,
+        then the successful response's headers, read now so that no response's headers stay alive."""
+        call.headers = None
+        try:
+            latest = self.stats.rate_limits_of(call.provider, call.response_model or call.request_model)
+            if call.rate_limits:
+                latest.update(call.rate_limits)
+            if headers is not None:
+                call.header_reader.note(latest, headers)
+        except Exception:
+            report_failure("headers", "reading rate-limit headers")
 
     @staticmethod
     def _read_late_usage(call: Call) -> None:

@@ -7,7 +7,6 @@ it decays to 0 when idle and its memory is O(window), whatever the call rate.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -19,9 +18,6 @@ if TYPE_CHECKING:
     from .call import Call
 
 __all__ = ["CallSums", "RateWindow", "Totals", "ProcessStats"]
-
-logger = logging.getLogger("tokenmetry")
-_UNREAD_MAX = 64  # responses kept unread before their headers are read anyway
 
 
 class RateWindow:
@@ -246,11 +242,8 @@ class ProcessStats:
         self._lock = threading.Lock()
         self._window_s = window_s
         self._models: dict[tuple[str, str | None], Totals] = {}
-        # latest rate-limit header values per "provider/model"
-        self._rate_limits: dict[str, dict[str, Any]] = {}
-        # responses whose headers are not read yet, oldest first:
-        # (provider, model, parser, headers, values read already)
-        self._unread: list[tuple[str, str | None, Any, Any, dict[str, Any] | None]] = []
+        # the newest rate-limit figure of each kind per (provider, model), merged in as calls finish
+        self._rate_limits: dict[tuple[str, str | None], dict[str, Any]] = {}
 
     def add_sums(self, provider: str, model: str | None, sums: CallSums) -> None:
         """Add a run of finished calls of one (provider, model) to its tally."""
@@ -269,56 +262,23 @@ class ProcessStats:
                 tally = self._models[(provider, model)] = Totals(self._window_s)
             tally.add_retry(slept_s, cause)
 
-    def note_rate_limits(self, provider: str, model: str | None, values: dict[str, Any] | None,
-                         parser: Any = None, headers: Any = None) -> None:
-        """Keep a response's rate-limit figures for ``provider/model``: ``values`` already read, or
-        the response's ``headers`` that ``parser`` (a ``RateLimitHeaders``) reads when someone asks
-        (``values`` stand in when the headers carry none). The latest figure of each kind wins."""
-        with self._lock:
-            unread = self._unread
-            unread.append((provider, model, parser, headers, values))
-            if len(unread) >= _UNREAD_MAX:
-                self._read_headers()
+    def rate_limits_of(self, provider: str, model: str | None) -> dict[str, Any]:
+        """The newest figure of each kind for ``provider/model``, for a finishing call to update in
+        place (``dict.update`` is atomic: figures merge in the order calls finish)."""
+        latest = self._rate_limits.get((provider, model))
+        if latest is None:
+            with self._lock:
+                latest = self._rate_limits.setdefault((provider, model), {})
+        return latest
 
-    def _read_headers(self) -> None:
-        """Merge the unread responses into the latest figures (holding the lock). Newest first: once
-        a response gave every kind its parser knows, the older ones cannot change anything."""
-        if not self._unread:
-            return
-        by_key: dict[str, list[tuple[Any, Any, dict[str, Any] | None]]] = {}
-        for provider, model, parser, headers, values in self._unread:
-            by_key.setdefault(model_key(provider, model), []).append((parser, headers, values))
-        self._unread = []
-        for key, entries in by_key.items():
-            newest: dict[str, Any] = {}
-            for parser, headers, values in reversed(entries):
-                found = values
-                if parser is not None:
-                    try:
-                        parsed = parser.parse(headers)
-                    except Exception:  # unreadable headers must not break a reader of the statistics
-                        logger.debug("tokenmetry: reading rate-limit headers failed", exc_info=True)
-                        parsed = None
-                    if parsed is not None:
-                        found = parsed
-                if found:
-                    for kind, value in found.items():
-                        if kind not in newest:
-                            newest[kind] = value
-                    if parser is not None and len(newest) >= parser.size:
-                        break
-            if newest:
-                current = self._rate_limits.get(key)
-                if current is None:
-                    self._rate_limits[key] = newest
-                else:
-                    current.update(newest)
+    def _limits_by_key(self) -> dict[str, dict[str, Any]]:
+        return {model_key(provider, model): dict(values)
+                for (provider, model), values in list(self._rate_limits.items()) if values}
 
     def rate_limits(self) -> dict[str, dict[str, Any]]:
         apply_pending()
         with self._lock:
-            self._read_headers()
-            return {k: dict(v) for k, v in self._rate_limits.items()}
+            return self._limits_by_key()
 
     def tokens_per_minute(self) -> list[tuple[str, str | None, float]]:
         """(provider, model, tpm) for every model seen, for the observable gauge."""
@@ -331,8 +291,7 @@ class ProcessStats:
         apply_pending()
         now = time.time()
         with self._lock:
-            self._read_headers()
-            limits = {k: dict(v) for k, v in self._rate_limits.items()}
+            limits = self._limits_by_key()
             process = Totals(self._window_s)
             providers: dict[str, Totals] = {}
             by_model = {}
@@ -368,4 +327,3 @@ class ProcessStats:
         with self._lock:
             self._models.clear()
             self._rate_limits.clear()
-            self._unread.clear()

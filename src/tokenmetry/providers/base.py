@@ -48,14 +48,15 @@ class Patch:
 
 
 class RateLimitHeaders:
-    """Reads a vendor's rate-limit headers into ``call.rate_limits``; called as ``(call, headers)``.
+    """Reads a vendor's rate-limit headers; called as ``(call, headers)`` for a failed attempt's
+    response (into ``call.rate_limits``), and through :meth:`note` for every successful one.
 
     ``table`` names each header, its key and its parser; a value the parser rejects (``ValueError``)
     is left out. ``probes`` are headers of the table that every response of the vendor's own API
-    carries: without any of them (a proxy, another platform) ``call.rate_limits`` is left alone.
+    carries: without any of them (a proxy, another platform) the response gives nothing.
     """
 
-    __slots__ = ("_names", "_probes", "_table", "size")
+    __slots__ = ("_names", "_probes", "_table", "size", "_learned", "_learned_length")
 
     def __init__(self, table: RateLimitTable, probes: tuple[str, ...]) -> None:
         headers = [header for header, _, _ in table]
@@ -66,11 +67,57 @@ class RateLimitHeaders:
         # httpx2 keeps lower-case names as bytes: keyed by those, the header list is read in one pass
         self._names = {header.encode(): header for header in headers}
         self.size = len(table)  # how many keys a response can give at most
+        # where the last complete response had each header: (index, lower-case name, key, parser) for
+        # every row of the table, and how many headers that response had (see note())
+        self._learned: tuple[tuple[int, bytes, str, Callable[[str], Any]], ...] | None = None
+        self._learned_length = -1
 
     def __call__(self, call: Call, headers: Any) -> None:
         values = self.parse(headers)
         if values is not None:
             call.rate_limits = values
+
+    def note(self, latest: dict[str, Any], headers: Any) -> None:
+        """Merge a successful response's figures into ``latest`` (a model's newest figure per key).
+
+        A vendor's API sends the same headers in the same order on every response, so the positions
+        where a complete response had them (every row of the table, each once) are kept: a response
+        with as many headers and those names at those positions is read there, a handful of steps
+        per response instead of a pass over all its headers. Anything else (another layout, a missing
+        or malformed value, not ASCII) is read by :meth:`parse`, exactly as ``headers.get()`` gives
+        each value. Reading them when the response arrives keeps no response's headers alive (which
+        costs the SDK's next calls memory that is no longer in the processor's caches).
+        """
+        entries = getattr(headers, "_list", None)
+        learned = self._learned
+        if learned is not None and type(entries) is list and len(entries) == self._learned_length:
+            values: dict[str, Any] = {}
+            try:
+                for index, name, key, parse in learned:
+                    entry = entries[index]
+                    if entry[1] != name:
+                        break
+                    values[key] = parse(entry[2].decode("ascii"))  # ASCII reads the same in any encoding
+                else:
+                    latest.update(values)
+                    return
+            except (ValueError, TypeError, IndexError):  # malformed: parse() leaves that value out
+                pass
+        found = self.parse(headers)
+        if found:
+            latest.update(found)
+            if len(found) == self.size and type(entries) is list:
+                self._learn(entries)
+
+    def _learn(self, entries: list[Any]) -> None:
+        names = self._names
+        rows = {header: (key, parse) for header, key, parse in self._table}
+        positions = [(index, entry[1]) for index, entry in enumerate(entries)
+                     if type(entry) is tuple and len(entry) == 3 and entry[1] in names]
+        if len(positions) != self.size:
+            return  # a header given twice: only parse() joins repeats as get() does
+        self._learned = tuple((index, name, *rows[names[name]]) for index, name in positions)
+        self._learned_length = len(entries)
 
     def parse(self, headers: Any) -> dict[str, Any] | None:
         """The figures these headers give, or None when they are not the vendor's (no probe)."""
