@@ -429,6 +429,40 @@ def test_rate_limit_headers(server: LocalAPIServer, otel: Any) -> None:
                                       ("openai", "gpt-4o-2024-11-20", "tokens"): 199950}
 
 
+def test_rate_limit_headers_layout_changes_and_bad_values(server: LocalAPIServer) -> None:
+    """Headers are read where the last complete response had them; a malformed value there or
+    another layout is read exactly as a first response is (the malformed value left out)."""
+    tokenmetry.instrument()
+    server.default_headers.update(LIMITS)
+    expected = {"remaining_requests": 499, "remaining_tokens": 199950, "limit_requests": 500,
+                "limit_tokens": 200000, "reset_requests": "120ms", "reset_tokens": "15ms"}
+    key = f"openai/{CHAT_MODEL}"
+
+    def call(**headers: str) -> dict[str, Any]:
+        if headers:
+            server.enqueue("openai.chat", Reply(headers=headers))
+        client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+        return tokenmetry.stats().rate_limit_remaining[key]
+
+    with openai_client(server) as client:
+        assert call() == expected
+        assert call(**{"x-ratelimit-remaining-requests": "498"}) == {**expected, "remaining_requests": 498}
+        # same layout, one value malformed: the others are read, that one keeps its last figure
+        assert call(**{"x-ratelimit-remaining-requests": "497", "x-ratelimit-remaining-tokens": "many"}) == \
+            {**expected, "remaining_requests": 497}
+        # another layout (one more header): read by name
+        assert call(**{"x-extra": "1", "x-ratelimit-remaining-tokens": "100"}) == \
+            {**expected, "remaining_tokens": 100}
+        # and back
+        assert call(**{"x-ratelimit-reset-tokens": "9ms"}) == {**expected, "reset_tokens": "9ms"}
+        # a response with some of them only updates those
+        server.default_headers.clear()
+        assert call(**{"x-ratelimit-remaining-tokens": "7"}) == {**expected, "reset_tokens": "9ms",
+                                                                 "remaining_tokens": 7}
+        server.default_headers.update(LIMITS)
+        assert call() == expected
+
+
 async def test_async_rate_limit_headers_partial_and_bad(server: LocalAPIServer, otel: Any) -> None:
     tokenmetry.instrument(**otel.kwargs())
     async with openai_client(server, async_=True) as client:
