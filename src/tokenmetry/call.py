@@ -401,12 +401,6 @@ class Recorder:
                     call.quote = None  # unpriceable: never priced again, by its session or its record
                     report_failure("pricing", "pricing a call")
 
-    def _quote_now(self, call: Call) -> None:
-        """Only the prices the call is billed at: its session adds up counts per quote."""
-        call.priced = True
-        if call.input_tokens or call.output_tokens:
-            call.quote = self._quote(call)
-
     def _notify(self, call: Call) -> None:
         """The internal sinks (the ledger) and the ``on_record`` callbacks."""
         for sink in self._sinks:
@@ -470,11 +464,7 @@ class Recorder:
                     break
                 end += 1
             run = calls if end - start == count else calls[start:end]
-            for call in run:
-                try:
-                    self._prepare(call)
-                except Exception:
-                    report_failure("apply", "pricing a call and recording its metric points")
+            self._prepare(run)
             try:
                 sums = CallSums(run)
                 session._add_calls(run, sums)
@@ -483,21 +473,32 @@ class Recorder:
                 report_failure("apply", "adding calls to their session and the statistics")
             start = end
 
-    def _prepare(self, call: Call) -> None:
-        """What a call needs before it joins its session: its price, metric points, rate limits."""
-        # the call may be kept in its session's history for a thousand calls: the model name it
-        # keeps of the response is replaced by a shared copy, so the SDK's own string dies with the
-        # response (live objects kept among the SDK's garbage cost its next calls cache misses)
-        _keep_shared(call)
-        metrics = call.metrics
-        if not call.priced:
-            if metrics is not None:
-                self._price_now(call)  # the cost counter needs the amount
-            else:
-                self._quote_now(call)
-        if metrics is not None:
-            call.metrics = None
-            self.telemetry.record_metrics(call, *metrics)
+    def _prepare(self, run: list[Call]) -> None:
+        """What a run's calls need before they join their session: their prices and metric points.
+        A call nothing needed priced at once gets only its quote (its session prices the sums)."""
+        quote = self._quote_call or self._bind_quote()
+        options = self.options
+        telemetry = self.telemetry
+        for call in run:
+            try:
+                # the call may be kept in its session's history for a thousand calls: the model name
+                # it keeps of the response is replaced by a shared copy, so the SDK's own string dies
+                # with the response (live objects kept among the SDK's garbage cost its next calls
+                # cache misses)
+                _keep_shared(call)
+                metrics = call.metrics
+                if not call.priced:
+                    if metrics is not None:
+                        self._price_now(call)  # the cost counter needs the amount
+                    else:
+                        call.priced = True
+                        if call.input_tokens or call.output_tokens:
+                            call.quote = quote(call, options)
+                if metrics is not None:
+                    call.metrics = None
+                    telemetry.record_metrics(call, *metrics)
+            except Exception:
+                report_failure("apply", "pricing a call and recording its metric points")
 
     def _note_rate_limits(self, call: Call, headers: Any) -> None:
         """Merge the call's rate-limit figures into its model's newest ones: a failed attempt's first,
@@ -531,12 +532,13 @@ class Recorder:
         estimate(call)
 
     def _quote(self, call: Call) -> Any:
-        quote = self._quote_call
-        if quote is None:
-            from .accounting import quote_call
+        return (self._quote_call or self._bind_quote())(call, self.options)
 
-            quote = self._quote_call = quote_call
-        return quote(call, self.options)
+    def _bind_quote(self) -> Callable[[Call, Options], Any]:
+        from .accounting import quote_call
+
+        quote = self._quote_call = quote_call
+        return quote
 
 
 _shared_models: dict[str, str] = {}

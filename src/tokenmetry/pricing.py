@@ -629,13 +629,14 @@ class Quote:
         """Whether a call with this many reasoning tokens has them billed apart from its output."""
         return bool(reasoning_tokens) and self.bills_reasoning
 
-    def add_counts(self, counts: list[int], apart: bool, input_tokens: int, output_tokens: int,
-                   cache_read_tokens: int | None, cache_write_tokens: int | None,
-                   reasoning_tokens: int | None, cache_write_1h_tokens: int | None, requests: int = 1) -> None:
-        """Add one call's billed counts to ``counts`` (see :meth:`apart` for ``apart``)."""
-        cache_read = cache_read_tokens or 0
-        cache_write = cache_write_tokens or 0
-        cache_write_1h = cache_write_1h_tokens or 0
+    def add_call(self, counts: list[int], apart: bool, call: Any, requests: int = 1) -> None:
+        """Add one call's billed counts to ``counts`` (see :meth:`apart` for ``apart``). ``call`` has
+        the token fields of the lifecycle's ``Call`` (``cache_write_1h_tokens`` may be absent)."""
+        input_tokens = call.input_tokens
+        output_tokens = call.output_tokens
+        cache_read = call.cache_read_tokens or 0
+        cache_write = call.cache_write_tokens or 0
+        cache_write_1h = getattr(call, "cache_write_1h_tokens", None) or 0
         # the 1-hour part given without (or above) the total: it is the total
         if cache_write_1h > cache_write:
             cache_write = cache_write_1h
@@ -647,7 +648,7 @@ class Quote:
         counts[CACHE_WRITE_5M] += cache_write - cache_write_1h
         counts[CACHE_WRITE_1H] += cache_write_1h
         if apart:
-            reasoning = min(reasoning_tokens or 0, output_tokens)
+            reasoning = min(call.reasoning_tokens or 0, output_tokens)
             counts[OUTPUT] += output_tokens - reasoning
             counts[REASONING] += reasoning
         else:
@@ -677,27 +678,12 @@ class Quote:
         return Cost(amount, self.currency, input_cost, output_cost, cache_read_cost, cache_write_cost,
                     self.source)
 
-    def cost_of(self, input_tokens: int, output_tokens: int, cache_read_tokens: int | None,
-                cache_write_tokens: int | None, reasoning_tokens: int | None,
-                cache_write_1h_tokens: int | None, requests: int = 1) -> Cost:
-        """The cost of one call's usage."""
+    def cost_of_call(self, call: Any, requests: int = 1) -> Cost:
+        """The cost of one call (the lifecycle's ``Call``, or any object with its token fields)."""
         counts = [0, 0, 0, 0, 0, 0, 0]
-        apart = self.apart(reasoning_tokens)
-        self.add_counts(counts, apart, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-                        reasoning_tokens, cache_write_1h_tokens, requests)
+        apart = self.apart(call.reasoning_tokens)
+        self.add_call(counts, apart, call, requests)
         return self.cost(counts, apart)
-
-    def cost_of_call(self, call: Any) -> Cost:
-        """The cost of a finished call (the lifecycle's ``Call``: its token fields, no ``Usage``)."""
-        return self.cost_of(call.input_tokens, call.output_tokens, call.cache_read_tokens,
-                            call.cache_write_tokens, call.reasoning_tokens,
-                            getattr(call, "cache_write_1h_tokens", None))
-
-    def add_call(self, counts: list[int], apart: bool, call: Any) -> None:
-        """Add a finished call's billed counts to ``counts``."""
-        self.add_counts(counts, apart, call.input_tokens, call.output_tokens, call.cache_read_tokens,
-                        call.cache_write_tokens, call.reasoning_tokens,
-                        getattr(call, "cache_write_1h_tokens", None))
 
     def __repr__(self) -> str:
         return f"Quote({self.prices}, {self.currency!r}, {self.source!r})"
@@ -736,6 +722,21 @@ def _timestamp(at: float | datetime | None) -> float | None:
     raise PricingError(f"at must be epoch seconds or a datetime, not {type(at).__name__}")
 
 
+class _Counted:
+    """A ``Usage`` and its 1-hour cache-write part, read as :meth:`Quote.add_call` reads a call."""
+
+    __slots__ = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                 "reasoning_tokens", "cache_write_1h_tokens")
+
+    def __init__(self, usage: Usage, cache_write_1h_tokens: int | None) -> None:
+        self.input_tokens = usage.input_tokens
+        self.output_tokens = usage.output_tokens
+        self.cache_read_tokens = usage.cache_read_tokens
+        self.cache_write_tokens = usage.cache_write_tokens
+        self.reasoning_tokens = usage.reasoning_tokens
+        self.cache_write_1h_tokens = cache_write_1h_tokens
+
+
 def price(model: str, usage: Usage, *, provider: str | None = None, options: Options | None = None,
           cache_write_1h_tokens: int | None = None, price_context: Mapping[str, str] | None = None,
           requests: int = 1, at: float | datetime | None = None, record_unpriced: bool = True) -> Cost | None:
@@ -772,18 +773,16 @@ def price(model: str, usage: Usage, *, provider: str | None = None, options: Opt
             and (options is None or (options.currency == "USD" and not options.price_overrides))):
         # the common case, inlined: USD list prices, nothing to merge
         usd_sheet = entry.usd[0] if entry.selectors is None else entry.usd[entry.select(time.time())]
-        return _quote(usd_sheet, usage.input_tokens, "USD", "genai-prices").cost_of(
-            usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens,
-            usage.reasoning_tokens, cache_write_1h_tokens, requests)
+        return _quote(usd_sheet, usage.input_tokens, "USD", "genai-prices").cost_of_call(
+            _Counted(usage, cache_write_1h_tokens), requests)
     sheet, currency, source = _sheet(entry, options, price_context,
                                      None if at is None else _timestamp(at))
     if sheet is None:
         if record_unpriced:
             _note_unpriced(model, provider, source)
         return None
-    return _quote(sheet, usage.input_tokens, currency, source).cost_of(
-        usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens,
-        usage.reasoning_tokens, cache_write_1h_tokens, requests)
+    return _quote(sheet, usage.input_tokens, currency, source).cost_of_call(
+        _Counted(usage, cache_write_1h_tokens), requests)
 
 
 _Unpriced = tuple[str, str | None, str]  # _note_unpriced's arguments

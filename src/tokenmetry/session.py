@@ -70,6 +70,8 @@ class Session:
         with self._lock:
             currency = self._currency
             billed_by_quote = self._billed
+            last_quote: Quote | None = None  # the usual run: one quote, checked and looked up once
+            billed: list[list[int] | None] = []
             for call in calls:
                 if call.turn is None:
                     self._loose_calls += 1
@@ -78,19 +80,21 @@ class Session:
                     if call.input_tokens or call.output_tokens:
                         self._unpriced_calls += 1
                     continue
-                if currency is None:
-                    currency = self._currency = quote.currency
-                elif quote.currency != currency:  # the options changed currency mid-session
-                    from .call import warn_once
+                if quote is not last_quote:
+                    if currency is None:
+                        currency = self._currency = quote.currency
+                    elif quote.currency != currency:  # the options changed currency mid-session
+                        from .call import warn_once
 
-                    self._unpriced_calls += 1
-                    warn_once("session-currency", "tokenmetry: session %r has calls priced in %s and %s; the "
-                              "later ones are left out of its cost and counted as unpriced", self.id, currency,
-                              quote.currency)
-                    continue
-                billed = billed_by_quote.get(quote)
-                if billed is None:
-                    billed = billed_by_quote[quote] = [None, None]
+                        self._unpriced_calls += 1
+                        warn_once("session-currency", "tokenmetry: session %r has calls priced in %s and %s; "
+                                  "the later ones are left out of its cost and counted as unpriced", self.id,
+                                  currency, quote.currency)
+                        continue
+                    found = billed_by_quote.get(quote)
+                    if found is None:
+                        found = billed_by_quote[quote] = [None, None]
+                    billed, last_quote = found, quote
                 apart = quote.apart(call.reasoning_tokens)
                 counts = billed[apart]
                 if counts is None:
