@@ -450,8 +450,8 @@ class StainlessAdapter:
             return None
 
     def _keep_headers(self) -> Any:
-        """The ``_process_response`` hook: keeps each response's headers on the call, unread (the
-        statistics read the newest ones only when asked)."""
+        """The ``_process_response`` hook: keeps the response's headers on the call until the call
+        finishes, which reads their rate-limit figures (``Recorder._note_rate_limits``)."""
         reader = self.rate_limit_headers
 
         def keep_headers(wrapped: Any, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
