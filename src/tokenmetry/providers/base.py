@@ -85,7 +85,7 @@ class RateLimitHeaders:
         with as many headers and those names at those positions is read there, a handful of steps
         per response instead of a pass over all its headers. Anything else (another layout, a missing
         or malformed value, not ASCII) is read by :meth:`parse`, exactly as ``headers.get()`` gives
-        each value. Reading them when the response arrives keeps no response's headers alive (which
+        each value. Reading them when the call finishes keeps no response's headers alive (which
         costs the SDK's next calls memory that is no longer in the processor's caches).
         """
         entries = getattr(headers, "_list", None)
