@@ -751,6 +751,25 @@ def test_local_server_is_openai(server: LocalAPIServer, otel: Any, records: list
     assert (span.attributes["server.address"], span.attributes["server.port"]) == ("127.0.0.1", server.port)
 
 
+def test_target_follows_a_changed_base_url(server: LocalAPIServer, otel: Any, records: list[CallRecord]) -> None:
+    """Where a client points is worked out once per base_url and kept (the SDKs keep the URL under
+    private names that change between versions); setting another base_url is seen on the next call."""
+    tokenmetry.instrument(**otel.kwargs())
+    with openai.OpenAI(api_key="test", base_url=f"{server.url}/v1") as client:
+        client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+        name, url, target = client.__dict__["_tokenmetry_target"]
+        assert url is client.base_url and client.__dict__[name] is url  # the cache is keyed on the stored URL
+        assert (target.provider, target.server_address, target.server_port) == ("openai", "127.0.0.1", server.port)
+        client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+        assert client.__dict__["_tokenmetry_target"][2] is target  # not worked out again
+        client.base_url = f"http://localhost:{server.port}/v1"
+        client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+    spans = otel.finished_spans()
+    assert [(s.attributes["server.address"], s.attributes["server.port"]) for s in spans] == [
+        ("127.0.0.1", server.port), ("127.0.0.1", server.port), ("localhost", server.port)]
+    assert [r.server_address for r in records] == ["127.0.0.1", "127.0.0.1", "localhost"]
+
+
 # ================================================================================ errors
 def _call_for_error(client: Any, status: int) -> Any:
     if status == 404:  # a real 404: an unknown stored response

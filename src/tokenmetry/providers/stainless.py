@@ -160,11 +160,11 @@ class StainlessAdapter:
         endpoint = self.route(client, options)
         if endpoint is None:
             return None
-        # the target depends on base_url only; recomputed when the client's base_url object changes
-        # (the stored URL object: openai's ``base_url`` property runs an import statement per access)
+        # the target depends on base_url only; recomputed when the URL object the client stores
+        # changes (read from the instance: the SDKs' ``base_url`` properties cost a call or more)
         stored = client.__dict__
         cached = stored.get("_tokenmetry_target")
-        target = cached[1] if cached is not None and cached[0] is stored.get("_base_url") else \
+        target = cached[2] if cached is not None and stored.get(cached[0]) is cached[1] else \
             self._remember_target(client)
         body = options.json_data
         if type(body) is dict:  # the usual request (request_facts' first case, inline)
@@ -181,10 +181,19 @@ class StainlessAdapter:
         return endpoint, call
 
     def _remember_target(self, client: Any) -> Target:
-        """Work out where the client points and keep it with the base_url object it holds now."""
+        """Work out where the client points and keep it with the base_url object it holds now.
+
+        The SDKs keep that URL object under a private name that has changed between versions
+        (openai: ``_base_url``, then ``_configured_base_url``): the instance attribute holding the
+        very object ``base_url`` returns is found here, once per URL, and checked on every call.
+        """
         target = self.target(client)
         stored = client.__dict__
-        stored["_tokenmetry_target"] = (stored.get("_base_url") or client.base_url, target)
+        url = client.base_url
+        name = next((key for key, value in stored.items() if value is url and key != "_tokenmetry_target"),
+                    None)
+        if name is not None:  # else a URL made afresh on each access: the target is worked out each time
+            stored["_tokenmetry_target"] = (name, url, target)
         return target
 
     def _sync_request(self, wrapped: Any, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
