@@ -420,6 +420,55 @@ def test_summed_counts_price_to_the_sum_of_the_calls_costs() -> None:
         assert total.to_dict() == expected.to_dict(), model  # the same digits, not only the same value
 
 
+def test_a_session_bills_runs_of_calls_exactly_as_the_calls_cost() -> None:
+    """Calls reach a session in runs summed in one pass (rate.CallSums): the usual calls of the run's
+    first quote as plain sums, any other (another quote, 1-hour cache writes, reasoning billed apart,
+    cache counts above the prompt) one by one. The session's cost is the sum of the calls' costs, to
+    the digit, however the calls are split into runs."""
+    from tokenmetry.rate import CallSums
+    from tokenmetry.session import Session
+
+    rng = random.Random(5)
+    options = resolve({})
+    models = [("openai", "gpt-4o"), ("openai", "o3"), ("anthropic", "claude-sonnet-4-5"),
+              ("google", "gemini-2.5-pro"), ("perplexity", "sonar-deep-research")]
+    calls = []
+    for index in range(300):
+        provider, model = models[0] if index % 3 else rng.choice(models)  # mostly one quote, as in a run
+        input_tokens = rng.choice([900, 1149, 150_000, 250_000])
+        cache_read = rng.choice([None, 0, rng.randint(0, input_tokens // 2)])
+        cache_write = rng.choice([None, None, rng.randint(0, input_tokens // 3)])
+        output_tokens = rng.randint(0, 4_000)
+        call = SimpleNamespace(
+            provider=provider, response_model=model, request_model=model, price_context=None,
+            input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write, reasoning_tokens=rng.choice([None, 0, rng.randint(0, output_tokens)]),
+            cache_write_1h_tokens=rng.choice([None] * 5 + [rng.randint(0, cache_write or 10)]),
+            tool_tokens=None, error_type=None, retries=0, turn=None, duration_s=0.5, started_at=1_000_000.0)
+        if index % 37 == 0:  # bad vendor data: cache reads above the prompt (billed as no uncached input)
+            call.cache_read_tokens, call.cache_write_tokens, call.cache_write_1h_tokens = input_tokens + 1, None, None
+        call.quote = pricing.quote_call(call, options)
+        assert call.quote is not None, model
+        calls.append(call)
+    expected = None
+    for call in calls:
+        cost = call.quote.cost_of_call(call)
+        expected = cost if expected is None else expected + cost
+    for split in range(3):
+        session = Session(f"runs-{split}")
+        start = 0
+        while start < len(calls):
+            end = min(len(calls), start + rng.choice([1, 5, 16, 40]))
+            run = calls[start:end]
+            session._add_calls(run, CallSums(run))
+            start = end
+        assert session._unpriced_calls == 0
+        total = session._cost()
+        assert total is not None and expected is not None
+        assert total == expected
+        assert total.to_dict() == expected.to_dict()  # the same digits, not only the same value
+
+
 def test_a_quote_is_resolved_once_per_model_pair_and_options() -> None:
     usage_call = SimpleNamespace(provider="openai", response_model="gpt-4o-2024-11-20", request_model="gpt-4o",
                                  price_context=None, input_tokens=1_000, output_tokens=10, cache_read_tokens=None,

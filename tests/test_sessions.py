@@ -463,7 +463,7 @@ def test_a_run_of_calls_adds_its_sums_exactly() -> None:
     def call(end: float, input_tokens: int, output_tokens: int, **details: Any) -> Any:
         fields = {"cache_read_tokens": None, "cache_write_tokens": None, "reasoning_tokens": None,
                   "tool_tokens": None, "error_type": None, "retries": 0, "throttle_events": 0,
-                  "throttle_wait_s": 0.0, "retry_wait_s": 0.0, **details}
+                  "throttle_wait_s": 0.0, "retry_wait_s": 0.0, "turn": None, "quote": None, **details}
         return SimpleNamespace(started_at=end - 0.5, duration_s=0.5, input_tokens=input_tokens,
                                output_tokens=output_tokens, **fields)
 

@@ -93,21 +93,22 @@ def top_up_output(call: Call) -> None:
 _quote_call: Any = None
 
 
-def quote_call(call: Call, options: Options | None = None) -> Quote | None:
+def quote_call(call: Call, options: Options | None = None) -> tuple[Quote | None, bool]:
     """The quote a call's usage is billed at (``options``: the recorder's), or None when its model
-    has no known price (see :func:`tokenmetry.pricing.quote_call`)."""
+    has no known price, and whether that answer holds for every call of the same provider and models
+    with no ``price_context`` (see :func:`tokenmetry.pricing.quote_and_constancy`)."""
     global _quote_call
     if _quote_call is None:  # bound once: an import statement per call costs microseconds
         try:
-            from .pricing import quote_call as quote
+            from .pricing import quote_and_constancy
         except ImportError:
-            return None
-        _quote_call = quote
+            return None, False
+        _quote_call = quote_and_constancy
     try:
         return _quote_call(call, options)  # type: ignore[no-any-return]
     except Exception:
         report_failure("pricing", "pricing a call")
-        return None
+        return None, False
 
 
 def warm_up() -> None:

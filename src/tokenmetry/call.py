@@ -211,7 +211,7 @@ class Recorder:
         # internal sinks (the ledger): receive the finished Call itself, must be cheap and never raise
         self._sinks: tuple[Callable[[Call], None], ...] = ()
         self._subscribers_lock = threading.Lock()
-        self._quote_call: Callable[[Call, Options], Any] | None = None
+        self._quote_call: Callable[[Call, Options], tuple[Any, bool]] | None = None
         self._estimate: Callable[[Call], None] | None = None
         self._warmed = False  # price data loads in the background once the first call begins
         # finished calls not yet added to sessions and statistics (see tokenmetry.pending)
@@ -475,17 +475,21 @@ class Recorder:
 
     def _prepare(self, run: list[Call]) -> None:
         """What a run's calls need before they join their session: their prices and metric points.
-        A call nothing needed priced at once gets only its quote (its session prices the sums)."""
-        quote = self._quote_call or self._bind_quote()
+        A call nothing needed priced at once gets only its quote (its session prices the sums); the
+        calls of a run (one session, one model) usually share it, and it is resolved once for them."""
+        quote_of = self._quote_call or self._bind_quote()
         options = self.options
         telemetry = self.telemetry
+        # the run's calls may be kept in their session's history for a thousand calls: the response
+        # model name they keep is replaced by one shared copy, so the SDK's own strings die with the
+        # responses (live objects kept among the SDK's garbage cost its next calls cache misses)
+        model = run[0].response_model or run[0].request_model
+        shared = _shared_name(model) if model is not None else None
+        last: Call | None = None  # the last call quoted here, while its quote serves the next ones
         for call in run:
             try:
-                # the call may be kept in its session's history for a thousand calls: the model name
-                # it keeps of the response is replaced by a shared copy, so the SDK's own string dies
-                # with the response (live objects kept among the SDK's garbage cost its next calls
-                # cache misses)
-                _keep_shared(call)
+                if call.response_model is not None:  # (then it is the run's model)
+                    call.response_model = shared
                 metrics = call.metrics
                 if not call.priced:
                     if metrics is not None:
@@ -493,7 +497,13 @@ class Recorder:
                     else:
                         call.priced = True
                         if call.input_tokens or call.output_tokens:
-                            call.quote = quote(call, options)
+                            if last is not None and call.price_context is None and \
+                                    call.request_model == last.request_model and \
+                                    call.response_model == last.response_model:
+                                call.quote = last.quote
+                            else:
+                                call.quote, reusable = quote_of(call, options)
+                                last = call if reusable and call.quote is not None else None
                 if metrics is not None:
                     call.metrics = None
                     telemetry.record_metrics(call, *metrics)
@@ -532,9 +542,9 @@ class Recorder:
         estimate(call)
 
     def _quote(self, call: Call) -> Any:
-        return (self._quote_call or self._bind_quote())(call, self.options)
+        return (self._quote_call or self._bind_quote())(call, self.options)[0]
 
-    def _bind_quote(self) -> Callable[[Call, Options], Any]:
+    def _bind_quote(self) -> Callable[[Call, Options], tuple[Any, bool]]:
         from .accounting import quote_call
 
         quote = self._quote_call = quote_call
@@ -545,16 +555,14 @@ _shared_models: dict[str, str] = {}
 _SHARED_MODELS_MAX = 1024
 
 
-def _keep_shared(call: Call) -> None:
-    """Replace the call's response model name by a shared (interned) copy."""
-    model = call.response_model
-    if model is not None:
-        found = _shared_models.get(model)
-        if found is None:
-            if len(_shared_models) >= _SHARED_MODELS_MAX:
-                _shared_models.clear()
-            found = _shared_models[model] = sys.intern(model) if type(model) is str else model
-        call.response_model = found
+def _shared_name(model: str) -> str:
+    """A shared (interned) copy of a model name."""
+    found = _shared_models.get(model)
+    if found is None:
+        if len(_shared_models) >= _SHARED_MODELS_MAX:
+            _shared_models.clear()
+        found = _shared_models[model] = sys.intern(model) if type(model) is str else model
+    return found
 
 
 recorder = Recorder()

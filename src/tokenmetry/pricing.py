@@ -54,6 +54,7 @@ __all__ = [
     "price_info",
     "price_usage_of_call",
     "pricing_data_version",
+    "quote_and_constancy",
     "quote_call",
     "unpriced_count",
     "unpriced_models",
@@ -655,6 +656,13 @@ class Quote:
             counts[OUTPUT] += output_tokens
         counts[REQUESTS] += requests
 
+    @staticmethod
+    def plain_counts(uncached: int, cache_read: int, cache_write: int, output: int, requests: int) -> list[int]:
+        """The billed counts of calls summed without :meth:`add_call`: calls whose cache counts fit in
+        their prompt, with no 1-hour cache write and no reasoning billed apart (then every count is
+        billed as given, so the sums of their counts are what :meth:`add_call` would have added)."""
+        return [uncached, cache_read, cache_write, 0, output, 0, requests]
+
     def cost(self, counts: list[int], apart: bool) -> Cost:
         """The cost of ``counts`` (one call's, or the sums of calls with the same ``apart``)."""
         prices: tuple[Any, ...] = self.prices  # filled: every slot but the per-request one is a Decimal
@@ -797,6 +805,13 @@ def quote_call(call: Any, options: Options | None = None) -> Quote | None:
     (dated, and the real model behind an Azure deployment name), then its request model, at the
     service tier the response reports (``price_context``). ``None``, counted as one unpriced call,
     when neither model is known."""
+    return quote_and_constancy(call, options)[0]
+
+
+def quote_and_constancy(call: Any, options: Options | None = None) -> tuple[Quote | None, bool]:
+    """:func:`quote_call`, and whether its answer holds for every call of the same provider and
+    models with no ``price_context`` under these options (no prompt-length tier, no date-dependent
+    price): a batch of such calls is quoted once."""
     if options is None:
         from .call import recorder
 
@@ -811,7 +826,7 @@ def quote_call(call: Any, options: Options | None = None) -> Quote | None:
         if hit is not None and hit[0] is options:
             if hit[2] is not None:
                 _note_unpriced(*hit[2])
-            return hit[1]
+            return hit[1], True
     quote, unpriced, constant = _resolve_quote(call.input_tokens, options, provider, response_model,
                                                request_model, context)
     if unpriced is not None:
@@ -820,7 +835,7 @@ def quote_call(call: Any, options: Options | None = None) -> Quote | None:
         if len(_constant_quotes) >= _QUOTES_MAX:
             _constant_quotes.clear()
         _constant_quotes[key] = (options, quote, unpriced)
-    return quote
+    return quote, constant and context is None
 
 
 def _resolve_quote(input_tokens: int, options: Options, provider: str, response_model: str | None,

@@ -68,20 +68,23 @@ def add_wait(holder: Any, slept_s: float, cause: str) -> None:
 
 
 class CallSums:
-    """What a run of finished calls adds to running totals, summed in one pass over the calls (a
-    session and the statistics then add the sums once, instead of each adding every call).
+    """What a run of finished calls adds to running totals and to its session's bill, summed in one
+    pass over the calls (a session and the statistics then add the sums once, instead of each
+    walking every call).
 
     A detail count (cache read and write, reasoning, tool) is None when no call of the run reported
     it; ``seconds`` holds (second of the wall clock, tokens) for the tokens-per-minute window, one
-    entry per second in which calls of the run ended.
+    entry per second in which calls of the run ended. For the session: ``loose`` calls made outside
+    any turn, ``unpriced`` calls with tokens and no quote, and what the priced ones are billed
+    (:meth:`billed`, per quote).
     """
 
     __slots__ = ("requests", "errors", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s",
                  "duration_s", "busy_s", "input", "output", "cache_read", "cache_write", "reasoning", "tool",
-                 "seconds")
+                 "seconds", "loose", "unpriced", "_quote", "_plain", "_other")
 
     def __init__(self, calls: list[Call]) -> None:
-        errors = retries = throttle_events = input_total = output_total = 0
+        errors = retries = throttle_events = input_total = output_total = loose = unpriced = 0
         throttle_wait_s = retry_wait_s = duration_total = busy_s = 0.0
         cache_read: int | None = None
         cache_write: int | None = None
@@ -90,6 +93,11 @@ class CallSums:
         seconds: list[tuple[int, int]] = []
         last_second = -1
         last_tokens = 0
+        # billing: the calls of the run's first quote with the usual counts are summed here (every
+        # quote bills them linearly, see pricing.Quote.add_plain); any other call is billed per call
+        quote_of_run: Any = None
+        uncached_billed = cache_read_billed = cache_write_billed = output_billed = calls_billed = 0
+        other: dict[tuple[Any, bool], list[int]] | None = None
         for call in calls:
             if call.error_type is not None:
                 errors += 1
@@ -98,10 +106,24 @@ class CallSums:
                 throttle_events += call.throttle_events
                 throttle_wait_s += call.throttle_wait_s
                 retry_wait_s += call.retry_wait_s
+            if call.turn is None:
+                loose += 1
             duration = call.duration_s
             duration_total += duration
             input_tokens = call.input_tokens
             output_tokens = call.output_tokens
+            read = call.cache_read_tokens
+            if read is not None:
+                cache_read = read if cache_read is None else cache_read + read
+            written = call.cache_write_tokens
+            if written is not None:
+                cache_write = written if cache_write is None else cache_write + written
+            thought = call.reasoning_tokens
+            if thought is not None:
+                reasoning = thought if reasoning is None else reasoning + thought
+            value = call.tool_tokens
+            if value is not None:
+                tool = value if tool is None else tool + value
             if input_tokens or output_tokens:  # work rate is throughput while producing tokens
                 input_total += input_tokens
                 output_total += output_tokens
@@ -112,18 +134,30 @@ class CallSums:
                         seconds.append((last_second, last_tokens))
                     last_second, last_tokens = second, 0
                 last_tokens += input_tokens + output_tokens
-            value = call.cache_read_tokens
-            if value is not None:
-                cache_read = value if cache_read is None else cache_read + value
-            value = call.cache_write_tokens
-            if value is not None:
-                cache_write = value if cache_write is None else cache_write + value
-            value = call.reasoning_tokens
-            if value is not None:
-                reasoning = value if reasoning is None else reasoning + value
-            value = call.tool_tokens
-            if value is not None:
-                tool = value if tool is None else tool + value
+                quote = call.quote
+                if quote is None:
+                    unpriced += 1
+                    continue
+                if quote_of_run is None:
+                    quote_of_run = quote
+                read = read or 0
+                written = written or 0
+                uncached = input_tokens - read - written
+                if quote is quote_of_run and uncached >= 0 and call.cache_write_1h_tokens is None and \
+                        not (thought and quote.bills_reasoning):
+                    uncached_billed += uncached
+                    cache_read_billed += read
+                    cache_write_billed += written
+                    output_billed += output_tokens
+                    calls_billed += 1
+                else:  # another quote, a 1-hour cache write, reasoning billed apart, or clipped counts
+                    apart = quote.apart(thought)
+                    if other is None:
+                        other = {}
+                    counts = other.get((quote, apart))
+                    if counts is None:
+                        counts = other[(quote, apart)] = [0, 0, 0, 0, 0, 0, 0]
+                    quote.add_call(counts, apart, call)
         if last_tokens:
             seconds.append((last_second, last_tokens))
         self.requests = len(calls)
@@ -141,6 +175,19 @@ class CallSums:
         self.reasoning = reasoning
         self.tool = tool
         self.seconds = seconds
+        self.loose = loose
+        self.unpriced = unpriced
+        self._quote = quote_of_run
+        self._plain = (uncached_billed, cache_read_billed, cache_write_billed, output_billed, calls_billed)
+        self._other = other
+
+    def billed(self) -> list[tuple[Any, bool, list[int]]]:
+        """(quote, reasoning billed apart, billed counts) of the run's priced calls (pricing.Quote's
+        count layout), one entry per quote and way of billing reasoning."""
+        found = [(self._quote, False, self._quote.plain_counts(*self._plain))] if self._plain[4] else []
+        if self._other is not None:  # (after the run's first quote: a session's currency is its first call's)
+            found.extend((quote, apart, counts) for (quote, apart), counts in self._other.items())
+        return found
 
 
 class Totals:

@@ -66,40 +66,32 @@ class Session:
 
     # ----------------------------------------------------------------- recording (called by the lifecycle)
     def _add_calls(self, calls: list[Call], sums: CallSums) -> None:
-        """Add finished calls of this session (``sums``: what they sum to)."""
+        """Add finished calls of this session (``sums``: what they sum to, and what they are billed)."""
+        billed = sums.billed()
         with self._lock:
-            currency = self._currency
-            billed_by_quote = self._billed
-            last_quote: Quote | None = None  # the usual run: one quote, checked and looked up once
-            billed: list[list[int] | None] = []
-            for call in calls:
-                if call.turn is None:
-                    self._loose_calls += 1
-                quote = call.quote
-                if quote is None:
-                    if call.input_tokens or call.output_tokens:
-                        self._unpriced_calls += 1
-                    continue
-                if quote is not last_quote:
-                    if currency is None:
-                        currency = self._currency = quote.currency
-                    elif quote.currency != currency:  # the options changed currency mid-session
-                        from .call import warn_once
+            self._loose_calls += sums.loose
+            self._unpriced_calls += sums.unpriced
+            for quote, apart, counts in billed:
+                currency = self._currency
+                if currency is None:
+                    currency = self._currency = quote.currency
+                elif quote.currency != currency:  # the options changed currency mid-session
+                    from .call import warn_once
 
-                        self._unpriced_calls += 1
-                        warn_once("session-currency", "tokenmetry: session %r has calls priced in %s and %s; "
-                                  "the later ones are left out of its cost and counted as unpriced", self.id,
-                                  currency, quote.currency)
-                        continue
-                    found = billed_by_quote.get(quote)
-                    if found is None:
-                        found = billed_by_quote[quote] = [None, None]
-                    billed, last_quote = found, quote
-                apart = quote.apart(call.reasoning_tokens)
-                counts = billed[apart]
-                if counts is None:
-                    counts = billed[apart] = [0, 0, 0, 0, 0, 0, 0]
-                quote.add_call(counts, apart, call)
+                    self._unpriced_calls += counts[-1]  # the requests count: one per call
+                    warn_once("session-currency", "tokenmetry: session %r has calls priced in %s and %s; "
+                              "the later ones are left out of its cost and counted as unpriced", self.id,
+                              currency, quote.currency)
+                    continue
+                kept = self._billed.get(quote)
+                if kept is None:
+                    kept = self._billed[quote] = [None, None]
+                mine = kept[apart]
+                if mine is None:
+                    kept[apart] = counts
+                else:
+                    for index, count in enumerate(counts):
+                        mine[index] += count
             self._totals.add_sums(sums)
             self._history.extend(calls)
 
