@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import Options
 from .pending import FOLD_BATCH, set_applier
-from .rate import CallSums, ProcessStats, add_wait
+from .rate import CallSums, ProcessStats, add_wait, newest_limits
 from .session import Session, current_session, sessions
 from .session import _current as _current_session
 from .usage import CallRecord, Cost, Usage
@@ -51,6 +51,7 @@ def report_failure(kind: str, what: str = "") -> None:
 
 _perf = time.perf_counter
 _wall = time.time
+_new_call = object.__new__
 
 # the call whose HTTP attempts are running here: retry-sleep hooks attribute their waits to it
 current_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar("tokenmetry_call", default=None)
@@ -61,10 +62,10 @@ last_failed_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar("
 class Call:
     """Mutable state of one call while it runs; frozen into a CallRecord once finished.
 
-    Every call sets the fields in ``__slots__`` (``__init__`` gives them their first value). The
-    fields below them, as class attributes, are the ones most calls never set (retries, streams,
-    errors, budgets, adapter extras): they read as these defaults until set, and setting one stores
-    it in the instance's ``__dict__``. Beginning a call stays a few dozen stores, not fifty.
+    A call is made by :meth:`Recorder.begin`, which gives every field in ``__slots__`` its first
+    value. The fields below them, as class attributes, are the ones most calls never set (retries,
+    streams, errors, budgets, adapter extras): they read as these defaults until set, and setting one
+    stores it in the instance's ``__dict__``. Beginning a call stays a few dozen stores, not fifty.
     """
 
     __slots__ = (
@@ -72,8 +73,20 @@ class Call:
         "server_address", "server_port", "session", "turn", "started_at", "t0", "duration_s",
         "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
         "usage_source", "finish_reasons", "error_type", "cost", "priced", "span", "request_body", "done",
-        "headers", "header_reader", "late_usage", "late_usage_reader", "quote", "metrics", "__dict__",
+        "rate_raw", "quote", "metrics", "__dict__",
     )
+    # What the slots hold, besides the usage and the CallRecord's fields:
+    #   t0            perf_counter() when the call began (duration_s = its end - t0)
+    #   priced        the cost is settled (None included: an unknown model, or no tokens)
+    #   quote         the prices the call is billed at (a pricing.Quote; None: unpriced). A call nothing
+    #                 needed priced at once gets only its quote: its session prices the sums
+    #   span          its OpenTelemetry span while it runs, if an SDK is configured
+    #   request_body  kept only until it finishes, for estimates and content capture
+    #   rate_raw      (rows, raw values) of the successful response's rate-limit headers, parsed when
+    #                 the call is applied (see providers.base.RateLimitHeaders.keep, rate.newest_limits)
+    #   metrics       the metric instruments when an SDK is configured; once finished, (instruments,
+    #                 the OpenTelemetry context current then): its points are recorded when the call is
+    #                 applied, and exemplars link to that context
 
     # ---- set by few calls (class-level defaults; see above)
     time_to_first_chunk_s: float | None = None
@@ -88,7 +101,9 @@ class Call:
     text_parts: list[str] | None = None
     withhold_usage_chunk = False
     reservation: Any = None
-    rate_limits: dict[str, Any] | None = None  # from a failed attempt's rate-limit headers
+    # rate-limit figures read at once: a failed attempt's, or a response whose headers were not laid
+    # out as the vendor's usual ones (see providers.base.RateLimitHeaders)
+    rate_limits: dict[str, Any] | None = None
     # adapter-specific facts for the span, under ``tokenmetry.*`` names (e.g. a counted figure)
     attributes: dict[str, Any] | None = None
     # the output count so far is a placeholder until the stream's final usage (Anthropic)
@@ -97,50 +112,44 @@ class Call:
     _record: CallRecord | None = None
     # what selects a price variant, as the response reports it (e.g. {"service_tier": "flex"})
     price_context: dict[str, str] | None = None
+    # a stream's running usage that a chunk reader left to read once, when the call finishes
+    # (every Gemini chunk repeats the totals so far: only the last one counts), and that reader
+    late_usage: Any = None
+    late_usage_reader: Callable[[Call, Any], None] | None = None
 
-    def __init__(self, provider: str, operation: str, request_model: str | None, stream: bool,
-                 server_address: str | None, server_port: int | None, session: Session,
-                 request_body: Any) -> None:
-        self.provider = provider
-        self.operation = operation
-        self.request_model = request_model
-        self.response_model: str | None = None
-        self.response_id: str | None = None
-        self.stream = stream
-        self.server_address = server_address
-        self.server_port = server_port
-        self.session = session
-        self.turn = session._turn_var.get()
-        self.started_at = _wall()
-        self.t0 = _perf()
-        self.duration_s = 0.0
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.cache_read_tokens: int | None = None
-        self.cache_write_tokens: int | None = None
-        self.reasoning_tokens: int | None = None
-        self.usage_source = "missing"
-        self.finish_reasons: list[str] = []
-        self.error_type: str | None = None
-        self.cost: Cost | None = None
-        self.priced = False  # cost settled (None included: unknown model, or no tokens)
-        self.span: Any = None
-        self.request_body = request_body  # kept only until finish, for estimates and content capture
-        self.done = False
-        # the successful response's headers and their reader (a RateLimitHeaders), held until the
-        # call finishes and merges their figures into its model's
-        self.headers: Any = None
-        self.header_reader: Any = None
-        # a stream's running usage that a chunk reader left to read once, when the call finishes
-        # (every Gemini chunk repeats the totals so far: only the last one counts)
-        self.late_usage: Any = None
-        self.late_usage_reader: Callable[[Call, Any], None] | None = None
-        # the prices the call is billed at (a pricing.Quote; None: unpriced). A call nothing needed
-        # priced at once gets only its quote: its session prices the sums, its record its own usage
-        self.quote: Any = None
-        # (metric instruments, the OpenTelemetry context current when the call finished): its points
-        # are recorded when the call is applied (see Recorder.finish); exemplars link to that context
-        self.metrics: tuple[Any, Any] | None = None
+    # typed here for the checker: Recorder.begin sets them all
+    provider: str
+    operation: str
+    request_model: str | None
+    response_model: str | None
+    response_id: str | None
+    stream: bool
+    server_address: str | None
+    server_port: int | None
+    session: Session
+    turn: int | None
+    started_at: float
+    t0: float
+    duration_s: float
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int | None
+    cache_write_tokens: int | None
+    reasoning_tokens: int | None
+    usage_source: str
+    finish_reasons: tuple[str, ...]
+    error_type: str | None
+    cost: Cost | None
+    priced: bool
+    span: Any
+    request_body: Any
+    done: bool
+    rate_raw: tuple[Any, list[bytes]] | None
+    quote: Any
+    metrics: Any
+
+    def add_finish_reason(self, reason: str) -> None:
+        self.finish_reasons += (reason,)
 
     def set_usage(self, input_tokens: int, output_tokens: int, cache_read: int | None = None,
                   cache_write: int | None = None, reasoning: int | None = None,
@@ -190,7 +199,7 @@ class Call:
                 self.provider, self.operation, self.request_model, self.response_model,
                 self.response_id, self.usage, self.usage_source, cost, self.stream,
                 self.started_at, self.duration_s, self.time_to_first_chunk_s, self.retries,
-                self.throttle_wait_s, self.error_type, self.session.id, tuple(self.finish_reasons),
+                self.throttle_wait_s, self.error_type, self.session.id, self.finish_reasons,
                 self.server_address, self.turn, self.retry_wait_s,
             )
         return record
@@ -211,6 +220,7 @@ class Recorder:
         # internal sinks (the ledger): receive the finished Call itself, must be cheap and never raise
         self._sinks: tuple[Callable[[Call], None], ...] = ()
         self._subscribers_lock = threading.Lock()
+        self._notified = False  # any sink or subscriber: finished calls are handed to them at once
         self._quote_call: Callable[[Call, Options], tuple[Any, bool]] | None = None
         self._estimate: Callable[[Call], None] | None = None
         self._warmed = False  # price data loads in the background once the first call begins
@@ -237,10 +247,12 @@ class Recorder:
             raise TokenmetryError(f"on_record needs a callable, got {callback!r}")
         with self._subscribers_lock:
             self._subscribers = (*self._subscribers, callback)
+            self._notified = True
 
         def unsubscribe() -> None:
             with self._subscribers_lock:
                 self._subscribers = tuple(s for s in self._subscribers if s is not callback)
+                self._notified = bool(self._sinks or self._subscribers)
 
         return unsubscribe
 
@@ -248,29 +260,64 @@ class Recorder:
         with self._subscribers_lock:
             if sink not in self._sinks:
                 self._sinks = (*self._sinks, sink)
+            self._notified = True
 
     def remove_sink(self, sink: Callable[[Call], None]) -> None:
         with self._subscribers_lock:
             self._sinks = tuple(s for s in self._sinks if s is not sink)
+            self._notified = bool(self._sinks or self._subscribers)
 
     # ----------------------------------------------------------------- lifecycle
     def begin(self, provider: str, operation: str, request_model: str | None, stream: bool,
               server_address: str | None, server_port: int | None, request_body: Any = None) -> Call:
+        """The call starts: in its session (contextvars), reserved against the session's budget
+        (which may raise ``BudgetExceeded``: before anything is sent), with its span started when
+        an OpenTelemetry SDK is configured."""
+        if not self._warmed or len(self._pending) >= FOLD_BATCH:
+            self._begin_chores()
+        session = _current_session.get() or sessions.default  # current_session(), inlined
+        call = _new_call(Call)  # every slot set below (no __init__: one frame less per call)
+        call.provider = provider
+        call.operation = operation
+        call.request_model = request_model
+        call.response_model = None
+        call.response_id = None
+        call.stream = stream
+        call.server_address = server_address
+        call.server_port = server_port
+        call.session = session
+        call.turn = session._turn_var.get()
+        call.started_at = _wall()
+        call.t0 = _perf()
+        call.duration_s = 0.0
+        call.input_tokens = 0
+        call.output_tokens = 0
+        call.cache_read_tokens = None
+        call.cache_write_tokens = None
+        call.reasoning_tokens = None
+        call.usage_source = "missing"
+        call.finish_reasons = ()
+        call.error_type = None
+        call.cost = None
+        call.priced = False
+        call.span = None
+        call.request_body = request_body
+        call.done = False
+        call.rate_raw = None
+        call.quote = None
+        call.metrics = None
+        budget = session.budget
+        if budget is not None:
+            budget.reserve(call)
+        if self.telemetry.configured():  # False without an OpenTelemetry SDK: nothing more to do
+            self.telemetry.begin_call(call)
+        return call
+
+    def _begin_chores(self) -> None:
         if not self._warmed:
             self._warm_up()
         if len(self._pending) >= FOLD_BATCH:  # left by finalisers, which never apply calls themselves
             self._try_fold()
-        session = _current_session.get() or sessions.default  # current_session(), inlined
-        call = Call(provider, operation, request_model, stream, server_address, server_port,
-                    session, request_body)
-        budget = session.budget
-        if budget is not None:
-            budget.reserve(call)  # may raise BudgetExceeded: before anything is sent
-        telemetry = self.telemetry
-        tracer = telemetry.tracer()
-        if tracer is not None:
-            telemetry.start_span(call, tracer)
-        return call
 
     def stats_ref(self) -> ProcessStats:
         """The current statistics sink (replaced when the window is reconfigured)."""
@@ -353,31 +400,12 @@ class Recorder:
                 from .accounting import top_up_output
 
                 top_up_output(call)
-            headers = call.headers
-            if headers is not None or call.rate_limits is not None:
-                self._note_rate_limits(call, headers)
-            budget = call.session.budget
-            telemetry = self.telemetry
-            instruments = telemetry.instruments()
-            if instruments is not None:  # its points are recorded when the call is applied
-                call.metrics = (instruments, telemetry.current_context())
-            span = call.span
-            notify = self._sinks or self._subscribers
             pending = self._pending
-            if span is not None or budget is not None or notify:
-                try:
-                    self._price_now(call)  # before the call is pending: a fold elsewhere may apply it
-                    if budget is not None:
-                        budget.settle(call)
-                    if span is not None:
-                        telemetry.end_span(call, span)
-                finally:
-                    call.span = None
-                    pending.append(call)
-                if notify:
-                    self._notify(call)  # after the append: a callback reading its session sees this call
+            if call.metrics is None and call.span is None and call.session.budget is None and \
+                    not self._notified:
+                pending.append(call)  # the usual call without an OpenTelemetry SDK: nothing else now
             else:
-                pending.append(call)
+                self._finish_now(call)
             # a finaliser (incomplete: a stream dropped unfinished) may run inside a fold or a
             # reader holding a session's lock: it only leaves the call pending (begin() applies it)
             if not incomplete and len(pending) >= FOLD_BATCH:
@@ -388,6 +416,30 @@ class Recorder:
             call.request_body = None  # kept until now for an estimate and content capture
             if call.text_parts is not None:  # (a class default until a stream sets it)
                 call.text_parts = None
+
+    def _finish_now(self, call: Call) -> None:
+        """A finished call something needs at once: its metric hand-off, its price (for the span,
+        the budget, the sinks and callbacks), its span ended; then it is pending like any other."""
+        metrics = call.metrics
+        if metrics is not None:  # its points are recorded when the call is applied
+            call.metrics = (metrics, self.telemetry.current_context())
+        span = call.span
+        budget = call.session.budget
+        notify = self._notified
+        if span is not None or budget is not None or notify:
+            try:
+                self._price_now(call)  # before the call is pending: a fold elsewhere may apply it
+                if budget is not None:
+                    budget.settle(call)
+                if span is not None:
+                    self.telemetry.end_span(call, span)
+            finally:
+                call.span = None
+                self._pending.append(call)
+            if notify:
+                self._notify(call)  # after the append: a callback reading its session sees this call
+        else:
+            self._pending.append(call)
 
     def _price_now(self, call: Call) -> None:
         """Price the call at once (a span, a budget, sinks or callbacks need its cost)."""
@@ -471,6 +523,12 @@ class Recorder:
                 stats.add_sums(provider, model, sums)
             except Exception:
                 report_failure("apply", "adding calls to their session and the statistics")
+            try:
+                figures = newest_limits(run)
+                if figures:
+                    stats.rate_limits_of(provider, model).update(figures)
+            except Exception:
+                report_failure("headers", "reading rate-limit headers")
             start = end
 
     def _prepare(self, run: list[Call]) -> None:
@@ -509,19 +567,6 @@ class Recorder:
                     telemetry.record_metrics(call, *metrics)
             except Exception:
                 report_failure("apply", "pricing a call and recording its metric points")
-
-    def _note_rate_limits(self, call: Call, headers: Any) -> None:
-        """Merge the call's rate-limit figures into its model's newest ones: a failed attempt's first,
-        then the successful response's headers, read now so that no response's headers stay alive."""
-        call.headers = None
-        try:
-            latest = self.stats.rate_limits_of(call.provider, call.response_model or call.request_model)
-            if call.rate_limits:
-                latest.update(call.rate_limits)
-            if headers is not None:
-                call.header_reader.note(latest, headers)
-        except Exception:
-            report_failure("headers", "reading rate-limit headers")
 
     @staticmethod
     def _read_late_usage(call: Call) -> None:

@@ -17,7 +17,7 @@ from .usage import ModelStats, PerformanceSnapshot, Usage
 if TYPE_CHECKING:
     from .call import Call
 
-__all__ = ["CallSums", "RateWindow", "Totals", "ProcessStats"]
+__all__ = ["CallSums", "RateWindow", "Totals", "ProcessStats", "newest_limits"]
 
 
 class RateWindow:
@@ -190,6 +190,35 @@ class CallSums:
         return found
 
 
+def newest_limits(calls: list[Call]) -> dict[str, Any]:
+    """The newest rate-limit figure of each kind that a run of finished calls (oldest first) gives.
+
+    Walked newest first: a call's successful response (its raw header values, parsed here) is newer
+    than its failed attempts' figures; a value that does not parse is left out, so the kind keeps
+    an older call's figure. Once the newer calls gave every kind of the vendor's table, the older
+    calls' raw values are dropped unparsed.
+    """
+    newest: dict[str, Any] = {}
+    for call in reversed(calls):
+        raw = call.rate_raw
+        if raw is not None:
+            call.rate_raw = None  # (the call may stay in its session's history)
+            rows, values = raw
+            if len(newest) < len(rows):
+                for (key, parse), value in zip(rows, values):
+                    if key not in newest:
+                        try:
+                            newest[key] = parse(value)
+                        except ValueError:
+                            pass
+        figures = call.rate_limits
+        if figures:
+            for key, value in figures.items():
+                if key not in newest:
+                    newest[key] = value
+    return newest
+
+
 class Totals:
     """Running totals of calls: a session's, or the statistics' per (provider, model), summed at read
     time into a provider's and the process's. Not locked: the owner serialises changes."""
@@ -310,8 +339,8 @@ class ProcessStats:
             tally.add_retry(slept_s, cause)
 
     def rate_limits_of(self, provider: str, model: str | None) -> dict[str, Any]:
-        """The newest figure of each kind for ``provider/model``, for a finishing call to update in
-        place (``dict.update`` is atomic: figures merge in the order calls finish)."""
+        """The newest figure of each kind for ``provider/model``, for the calls applied to update in
+        place (``dict.update`` is atomic: figures merge in the order calls are applied)."""
         latest = self._rate_limits.get((provider, model))
         if latest is None:
             with self._lock:

@@ -77,7 +77,7 @@ async def aobserve(inner: AsyncIterator[Any], call: Call, read_chunk: ChunkReade
 def _scratch(call: Call) -> Call:
     """A throwaway copy of a settled call for the chunk reader to write into."""
     scratch = copy.copy(call)
-    scratch.finish_reasons = []
+    scratch.finish_reasons = ()
     scratch.text_parts = None
     return scratch
 

@@ -318,6 +318,24 @@ class Telemetry:
     def metering(self) -> bool:
         return self.instruments() is not None
 
+    def configured(self) -> bool:
+        """Whether an OpenTelemetry SDK records tokenmetry's spans or metrics: the one check a call
+        makes when there is none (the common case of a process without OpenTelemetry)."""
+        if self._tracer is not None or self._instruments is not None:
+            return True
+        if (self._seek_tracer or trace._TRACER_PROVIDER is not None) and self._find_tracer() is not None:
+            return True
+        return (self._seek_meter or _metrics_state._METER_PROVIDER is not None) and \
+            self._find_instruments() is not None
+
+    def begin_call(self, call: Call) -> None:
+        """A call begins with an SDK configured: its span starts, and its metric instruments are
+        noted on it (its points are recorded once it has finished, see ``Recorder.finish``)."""
+        tracer = self.tracer()
+        if tracer is not None:
+            self.start_span(call, tracer)
+        call.metrics = self.instruments()
+
     def tracer(self) -> trace.Tracer | None:
         """The tracer of tokenmetry's spans, or None when no OpenTelemetry SDK is configured."""
         tracer = self._tracer

@@ -104,7 +104,7 @@ def _read_message(call: Call, message: Any) -> None:
     call.response_model = _value(message, "model")
     stop_reason = _value(message, "stop_reason")
     if stop_reason:
-        call.finish_reasons.append(stop_reason)
+        call.add_finish_reason(stop_reason)
     usage = _value(message, "usage")
     if usage is not None:
         _read_usage(call, usage)
@@ -162,7 +162,7 @@ class _MessageStreamReader:
         elif kind == "message_delta":
             stop_reason = _value(event.delta, "stop_reason")
             if stop_reason:
-                call.finish_reasons = [stop_reason]
+                call.finish_reasons = (stop_reason,)
             usage = _value(event, "usage")
             if usage is not None:
                 self._merge(usage)

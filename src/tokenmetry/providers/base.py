@@ -48,15 +48,15 @@ class Patch:
 
 
 class RateLimitHeaders:
-    """Reads a vendor's rate-limit headers; called as ``(call, headers)`` for a failed attempt's
-    response (into ``call.rate_limits``), and through :meth:`note` for every successful one.
+    """Reads a vendor's rate-limit headers into a call: a failed attempt's response as ``(call,
+    headers)``, every successful one through :meth:`keep`.
 
     ``table`` names each header, its key and its parser; a value the parser rejects (``ValueError``)
     is left out. ``probes`` are headers of the table that every response of the vendor's own API
     carries: without any of them (a proxy, another platform) the response gives nothing.
     """
 
-    __slots__ = ("_names", "_probes", "_table", "size", "_learned", "_learned_length")
+    __slots__ = ("_names", "_probes", "_table", "size", "_learned", "_learned_rows", "_learned_length")
 
     def __init__(self, table: RateLimitTable, probes: tuple[str, ...]) -> None:
         headers = [header for header, _, _ in table]
@@ -67,56 +67,55 @@ class RateLimitHeaders:
         # httpx2 keeps lower-case names as bytes: keyed by those, the header list is read in one pass
         self._names = {header.encode(): header for header in headers}
         self.size = len(table)  # how many keys a response can give at most
-        # where the last complete response had each header: (index, lower-case name, key, parser) for
-        # every row of the table, and how many headers that response had (see note())
-        self._learned: tuple[tuple[int, bytes, str, Callable[[str], Any]], ...] | None = None
+        # where the last complete response had each header (index, lower-case name), what each of
+        # them gives (key, parser of the raw bytes), and how many headers that response had (see keep())
+        self._learned: tuple[tuple[int, bytes], ...] | None = None
+        self._learned_rows: tuple[tuple[str, Callable[[bytes], Any]], ...] = ()
         self._learned_length = -1
 
     def __call__(self, call: Call, headers: Any) -> None:
         values = self.parse(headers)
         if values is not None:
-            call.rate_limits = values
+            _merge_into(call, values)
 
-    def note(self, latest: dict[str, Any], headers: Any) -> None:
-        """Merge a successful response's figures into ``latest`` (a model's newest figure per key).
+    def keep(self, call: Call, headers: Any) -> None:
+        """A successful response's headers: their figures go with the call (the newest figure of
+        each kind is merged into its model's when the call is applied, see ``rate.newest_limits``).
 
         A vendor's API sends the same headers in the same order on every response, so the positions
         where a complete response had them (every row of the table, each once) are kept: a response
-        with as many headers and those names at those positions is read there, a handful of steps
-        per response instead of a pass over all its headers. Anything else (another layout, a missing
-        or malformed value, not ASCII) is read by :meth:`parse`, exactly as ``headers.get()`` gives
-        each value. Reading them when the call finishes keeps no response's headers alive (which
-        costs the SDK's next calls memory that is no longer in the processor's caches).
+        with as many headers and those names at those positions gives the raw values there, decoded
+        and parsed only when the call is applied, where the newest of a run's calls usually gives
+        every figure. Anything else (another layout) is read at once by :meth:`parse`, exactly as
+        ``headers.get()`` gives each value. No response's headers stay alive past its call.
         """
         entries = getattr(headers, "_list", None)
         learned = self._learned
         if learned is not None and type(entries) is list and len(entries) == self._learned_length:
-            values: dict[str, Any] = {}
-            try:
-                for index, name, key, parse in learned:
-                    entry = entries[index]
-                    if entry[1] != name:
-                        break
-                    values[key] = parse(entry[2].decode("ascii"))  # ASCII reads the same in any encoding
-                else:
-                    latest.update(values)
-                    return
-            except (ValueError, TypeError, IndexError):  # malformed: parse() leaves that value out
-                pass
+            values = []
+            for index, name in learned:
+                entry = entries[index]
+                if entry[1] != name:
+                    break
+                values.append(entry[2])
+            else:
+                call.rate_raw = (self._learned_rows, values)
+                return
         found = self.parse(headers)
         if found:
-            latest.update(found)
+            _merge_into(call, found)
             if len(found) == self.size and type(entries) is list:
                 self._learn(entries)
 
     def _learn(self, entries: list[Any]) -> None:
         names = self._names
-        rows = {header: (key, parse) for header, key, parse in self._table}
+        rows = {header: (key, _from_bytes(parse)) for header, key, parse in self._table}
         positions = [(index, entry[1]) for index, entry in enumerate(entries)
                      if type(entry) is tuple and len(entry) == 3 and entry[1] in names]
         if len(positions) != self.size:
             return  # a header given twice: only parse() joins repeats as get() does
-        self._learned = tuple((index, name, *rows[names[name]]) for index, name in positions)
+        self._learned_rows = tuple(rows[names[name]] for _, name in positions)
+        self._learned = tuple(positions)
         self._learned_length = len(entries)
 
     def parse(self, headers: Any) -> dict[str, Any] | None:
@@ -165,3 +164,29 @@ class RateLimitHeaders:
             if value is not None:
                 values[header] = value
         return values
+
+
+def _merge_into(call: Call, values: dict[str, Any]) -> None:
+    """Figures of a later response of the call update those of an earlier attempt's."""
+    if call.rate_limits is None:
+        call.rate_limits = values
+    else:
+        call.rate_limits.update(values)
+
+
+def _from_bytes(parse: Callable[[str], Any]) -> Callable[[bytes], Any]:
+    """``parse`` of a header's raw value. HTTP header values are ASCII; the rare other byte is
+    decoded as httpx2 decodes a response whose other headers are ASCII or UTF-8 (UTF-8, else
+    ISO-8859-1). A value that does not parse raises ``ValueError`` (it is then left out)."""
+
+    def from_bytes(raw: bytes) -> Any:
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("iso-8859-1")
+        return parse(text)
+
+    return from_bytes

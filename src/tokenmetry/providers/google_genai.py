@@ -160,7 +160,7 @@ def _read_candidates(call: Call, candidates: Any, keep_text: bool) -> None:
                         call.add_text(text)
         reason = candidate.finish_reason
         if reason is not None:
-            call.finish_reasons.append(_finish_name(reason))
+            call.add_finish_reason(_finish_name(reason))
 
 
 def _read_generate(call: Call, response: Any) -> None:
@@ -246,7 +246,7 @@ def _read_body(call: Call, endpoint: Endpoint, body: Any) -> None:
         for candidate in document.get("candidates") or ():
             reason = candidate.get("finishReason") if isinstance(candidate, Mapping) else None
             if reason is not None:
-                call.finish_reasons.append(_finish_name(reason))
+                call.add_finish_reason(_finish_name(reason))
         if isinstance(usage, Mapping):
             tool = usage.get("toolUsePromptTokenCount")
             thoughts = usage.get("thoughtsTokenCount")

@@ -93,15 +93,27 @@ def _completion_readers(chat: bool) -> tuple[Callable[[Call, Any], None], ChunkR
     def read_completion(call: Call, completion: Any) -> None:
         call.response_id = completion.id
         call.response_model = completion.model
-        tier = getattr(completion, "service_tier", None)
+        tier = getattr(completion, "service_tier", None)  # (text completions have none)
         if tier is not None and tier in _TIER_CONTEXTS:  # read_service_tier, inline: once per call
             call.price_context = _TIER_CONTEXTS[tier]
+        reasons: tuple[str, ...] = ()
         for choice in completion.choices:
             if choice.finish_reason:
-                call.finish_reasons.append(choice.finish_reason)
+                reasons += (choice.finish_reason,)
+        call.finish_reasons = reasons
         usage = completion.usage
         if usage is not None:
-            _read_completion_usage(call, usage)
+            # _read_completion_usage and Call.set_usage, inline: this runs for every call
+            call.input_tokens = usage.prompt_tokens or 0
+            call.output_tokens = usage.completion_tokens or 0
+            details = usage.prompt_tokens_details
+            if details is not None:
+                call.cache_read_tokens = details.cached_tokens
+                call.cache_write_tokens = getattr(details, "cache_write_tokens", None)
+            details = usage.completion_tokens_details
+            if details is not None:
+                call.reasoning_tokens = details.reasoning_tokens
+            call.usage_source = "provider"
             if not recorder.keeps_output_text:
                 return
         for choice in completion.choices:  # the text, for an estimate (no usage) or captured content
@@ -136,7 +148,7 @@ def _completion_readers(chat: bool) -> tuple[Callable[[Call, Any], None], ChunkR
             if text:
                 call.add_text(text)
             if choice.finish_reason:
-                call.finish_reasons.append(choice.finish_reason)
+                call.add_finish_reason(choice.finish_reason)
         return True
 
     return read_completion, read_completion_chunk
@@ -163,7 +175,7 @@ def _read_response(call: Call, response: Any) -> None:
         details = response.incomplete_details
         if details is not None and details.reason:
             reason = details.reason
-        call.finish_reasons.append(reason)
+        call.add_finish_reason(reason)
     usage = response.usage
     if usage is not None:
         input_details = usage.input_tokens_details
@@ -190,7 +202,7 @@ def _read_response_event(call: Call, event: Any) -> bool:
     if kind == "response.output_text.delta":
         call.add_text(event.delta)
     elif kind in _FINAL_RESPONSE_EVENTS:
-        call.finish_reasons.clear()
+        call.finish_reasons = ()
         _read_created(call, event.response)
     elif kind == "response.created":
         call.response_id = event.response.id
@@ -243,7 +255,7 @@ def _read_retrieved(call: Call, response: Any) -> None:
 
 def _read_retrieved_event(call: Call, event: Any) -> bool:
     if event.type in _FINAL_RESPONSE_EVENTS:
-        call.finish_reasons.clear()
+        call.finish_reasons = ()
         _read_retrieved(call, event.response)
         return True
     return _read_response_event(call, event) if event.type != "response.completed" else True

@@ -35,6 +35,9 @@ _perf = time.perf_counter
 _sleep_noted: contextvars.ContextVar[bool] = contextvars.ContextVar("tokenmetry_sleep_noted", default=False)
 
 
+_UNROUTED: Any = object()
+_ROUTES_MAX = 512
+
 # what a request returned (see StainlessAdapter._settle)
 _PARSED, _RAW, _SYNC_STREAM, _ASYNC_STREAM = "parsed", "raw", "sync stream", "async stream"
 
@@ -48,6 +51,7 @@ class StainlessAdapter:
     def __init__(self) -> None:
         self._tracked_classes: dict[type, type] = {}
         self._result_kinds: dict[type, str] = {}
+        self._routes: dict[tuple[str, str], Endpoint | None] = {}
         self.sdk: Any = None
 
     # ----------------------------------------------------------------- to fill in per vendor
@@ -157,7 +161,10 @@ class StainlessAdapter:
     # ----------------------------------------------------------------- request
     def _begin(self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Endpoint, Call] | None:
         options: Any = args[1] if len(args) > 1 else kwargs.get("options")
-        endpoint = self.route(client, options)
+        # route() depends on the method and path only: its answers are kept (a bounded memo)
+        endpoint = self._routes.get((options.method, options.url), _UNROUTED)
+        if endpoint is _UNROUTED:
+            endpoint = self._route_once(client, options)
         if endpoint is None:
             return None
         # the target depends on base_url only; recomputed when the URL object the client stores
@@ -179,6 +186,14 @@ class StainlessAdapter:
             if replacement is not None:
                 options.json_data = replacement
         return endpoint, call
+
+    def _route_once(self, client: Any, options: Any) -> Endpoint | None:
+        endpoint = self.route(client, options)
+        routes = self._routes
+        if len(routes) >= _ROUTES_MAX:  # paths with ids in them (responses.retrieve): forget, start again
+            routes.clear()
+        routes[(options.method, options.url)] = endpoint
+        return endpoint
 
     def _remember_target(self, client: Any) -> Target:
         """Work out where the client points and keep it with the base_url object it holds now.
@@ -459,16 +474,15 @@ class StainlessAdapter:
             return None
 
     def _keep_headers(self) -> Any:
-        """The ``_process_response`` hook: keeps the response's headers on the call until the call
-        finishes, which reads their rate-limit figures (``Recorder._note_rate_limits``)."""
-        reader = self.rate_limit_headers
+        """The ``_process_response`` hook: the response's rate-limit figures go with the call (see
+        :meth:`RateLimitHeaders.keep`); the headers themselves are not kept."""
+        keep = self.rate_limit_headers.keep  # type: ignore[union-attr]
 
         def keep_headers(wrapped: Any, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             call = current_call.get()
             if call is not None:
                 try:
-                    call.headers = kwargs["response"].headers
-                    call.header_reader = reader
+                    keep(call, kwargs["response"].headers)
                 except Exception:
                     report_failure("headers")
             return wrapped(*args, **kwargs)
