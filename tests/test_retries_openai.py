@@ -463,6 +463,45 @@ def test_rate_limit_headers_layout_changes_and_bad_values(server: LocalAPIServer
         assert call() == expected
 
 
+def test_rate_limit_headers_of_calls_applied_together(server: LocalAPIServer) -> None:
+    """Calls applied in one batch: each kind takes the newest value that parses, whichever call of
+    the batch gave it (values are parsed when the calls are applied, newest call first), and a
+    failed call's figures count in their turn."""
+    tokenmetry.instrument()
+    server.default_headers.update(LIMITS)
+    key = f"openai/{CHAT_MODEL}"
+    with openai_client(server, max_retries=0) as client:
+        client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+        assert tokenmetry.stats().rate_limit_remaining[key]["remaining_tokens"] == 199950  # layout learned
+        server.enqueue("openai.chat", Reply(status=429, headers={"x-ratelimit-limit-tokens": "90000",
+                                                                 "x-ratelimit-remaining-tokens": "0",
+                                                                 "retry-after": "0"}))
+        server.enqueue("openai.chat", Reply(headers={"x-ratelimit-remaining-tokens": "1000",
+                                                     "x-ratelimit-remaining-requests": "400"}))
+        server.enqueue("openai.chat", Reply(headers={"x-ratelimit-remaining-tokens": "many",
+                                                     "x-ratelimit-remaining-requests": "300"}))
+        server.enqueue("openai.chat", Reply(headers={"x-ratelimit-remaining-tokens": "also bad",
+                                                     "x-ratelimit-remaining-requests": "?",
+                                                     "x-ratelimit-reset-tokens": "3ms"}))
+        for _ in range(4):
+            try:
+                client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+            except openai.RateLimitError:
+                pass
+        assert tokenmetry.stats().rate_limit_remaining[key] == {
+            "remaining_requests": 300, "remaining_tokens": 1000, "limit_requests": 500, "limit_tokens": 200000,
+            "reset_requests": "120ms", "reset_tokens": "3ms"}
+        # the failed call alone: the figures of its 429 are the newest
+        server.enqueue("openai.chat", Reply(status=429, headers={"x-ratelimit-limit-tokens": "90000",
+                                                                 "x-ratelimit-remaining-tokens": "0",
+                                                                 "retry-after": "0"}))
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+        assert tokenmetry.stats().rate_limit_remaining[key] == {
+            "remaining_requests": 499, "remaining_tokens": 0, "limit_requests": 500, "limit_tokens": 90000,
+            "reset_requests": "120ms", "reset_tokens": "15ms"}
+
+
 async def test_async_rate_limit_headers_partial_and_bad(server: LocalAPIServer, otel: Any) -> None:
     tokenmetry.instrument(**otel.kwargs())
     async with openai_client(server, async_=True) as client:

@@ -6,6 +6,7 @@ chunks into the :class:`~tokenmetry.call.Call` that the lifecycle hands it.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,7 @@ class RateLimitHeaders:
     carries: without any of them (a proxy, another platform) the response gives nothing.
     """
 
-    __slots__ = ("_names", "_probes", "_table", "size", "_learned", "_learned_rows", "_learned_length")
+    __slots__ = ("_names", "_probes", "_table", "size", "_learned_rows", "_span", "_span_names", "_learned_length")
 
     def __init__(self, table: RateLimitTable, probes: tuple[str, ...]) -> None:
         headers = [header for header, _, _ in table]
@@ -67,11 +68,13 @@ class RateLimitHeaders:
         # httpx2 keeps lower-case names as bytes: keyed by those, the header list is read in one pass
         self._names = {header.encode(): header for header in headers}
         self.size = len(table)  # how many keys a response can give at most
-        # where the last complete response had each header (index, lower-case name), what each of
-        # them gives (key, parser of the raw bytes), and how many headers that response had (see keep())
-        self._learned: tuple[tuple[int, bytes], ...] | None = None
-        self._learned_rows: tuple[tuple[str, Callable[[bytes], Any]], ...] = ()
+        # learned from the last complete response (see keep()): how many headers it had, the span of
+        # its list from the table's first header to its last, the names along that span, and for each
+        # row of the table its key, the parser of its raw value and its offset in the span
         self._learned_length = -1
+        self._span = slice(0, 0)
+        self._span_names: list[bytes] = []
+        self._learned_rows: tuple[tuple[str, Callable[[bytes], Any], int], ...] = ()
 
     def __call__(self, call: Call, headers: Any) -> None:
         values = self.parse(headers)
@@ -82,24 +85,19 @@ class RateLimitHeaders:
         """A successful response's headers: their figures go with the call (the newest figure of
         each kind is merged into its model's when the call is applied, see ``rate.newest_limits``).
 
-        A vendor's API sends the same headers in the same order on every response, so the positions
-        where a complete response had them (every row of the table, each once) are kept: a response
-        with as many headers and those names at those positions gives the raw values there, decoded
-        and parsed only when the call is applied, where the newest of a run's calls usually gives
-        every figure. Anything else (another layout) is read at once by :meth:`parse`, exactly as
+        A vendor's API sends the same headers in the same order on every response, so where a
+        complete response had them (every row of the table, each once) is kept: a response with as
+        many headers and the same names along the span from the table's first header to its last
+        hands that span's entries to the call (one slice and one comparison, in C), decoded and
+        parsed only when the call is applied, where the newest of a run's calls usually gives every
+        figure. Anything else (another layout) is read at once by :meth:`parse`, exactly as
         ``headers.get()`` gives each value. No response's headers stay alive past its call.
         """
         entries = getattr(headers, "_list", None)
-        learned = self._learned
-        if learned is not None and type(entries) is list and len(entries) == self._learned_length:
-            values = []
-            for index, name in learned:
-                entry = entries[index]
-                if entry[1] != name:
-                    break
-                values.append(entry[2])
-            else:
-                call.rate_raw = (self._learned_rows, values)
+        if type(entries) is list and len(entries) == self._learned_length:
+            span = entries[self._span]
+            if list(map(_name_of, span)) == self._span_names:
+                call.rate_raw = (self._learned_rows, span)
                 return
         found = self.parse(headers)
         if found:
@@ -114,8 +112,13 @@ class RateLimitHeaders:
                      if type(entry) is tuple and len(entry) == 3 and entry[1] in names]
         if len(positions) != self.size:
             return  # a header given twice: only parse() joins repeats as get() does
-        self._learned_rows = tuple(rows[names[name]] for _, name in positions)
-        self._learned = tuple(positions)
+        first, last = positions[0][0], positions[-1][0]
+        span = entries[first:last + 1]
+        if not all(type(entry) is tuple and len(entry) == 3 for entry in span):
+            return  # not the (raw key, key, value) layout this was written for
+        self._learned_rows = tuple((*rows[names[name]], index - first) for index, name in positions)
+        self._span_names = [entry[1] for entry in span]
+        self._span = slice(first, last + 1)
         self._learned_length = len(entries)
 
     def parse(self, headers: Any) -> dict[str, Any] | None:
@@ -164,6 +167,9 @@ class RateLimitHeaders:
             if value is not None:
                 values[header] = value
         return values
+
+
+_name_of = operator.itemgetter(1)  # of an httpx2 header entry: (raw name, lower-case name, value)
 
 
 def _merge_into(call: Call, values: dict[str, Any]) -> None:
