@@ -64,6 +64,8 @@ def _read_completion_usage(call: Call, usage: Any) -> None:
     )
 
 
+_UNDECLARED: Any = object()
+
 # the tiers OpenAI bills at their own prices (genai-prices variants); "default" is the list price
 _TIER_CONTEXTS: dict[str | None, dict[str, str]] = {
     tier: {"service_tier": tier} for tier in ("flex", "priority", "scale", "fast")}
@@ -91,25 +93,32 @@ def _completion_readers(chat: bool) -> tuple[Callable[[Call, Any], None], ChunkR
     """The response and chunk readers of /chat/completions (``chat``) or /completions."""
 
     def read_completion(call: Call, completion: Any) -> None:
-        call.response_id = completion.id
-        call.response_model = completion.model
-        tier = getattr(completion, "service_tier", None)  # (text completions have none)
+        # fields read from the models' __dict__ (where pydantic keeps declared fields): an attribute
+        # of an SDK model goes through pydantic's __getattr__ hook, a dict subscript does not
+        fields = completion.__dict__
+        call.response_id = fields["id"]
+        call.response_model = fields["model"]
+        tier = fields.get("service_tier")  # (text completions have none)
         if tier is not None and tier in _TIER_CONTEXTS:  # read_service_tier, inline: once per call
             call.price_context = _TIER_CONTEXTS[tier]
         reasons: tuple[str, ...] = ()
-        for choice in completion.choices:
+        for choice in fields["choices"]:
             if choice.finish_reason:
                 reasons += (choice.finish_reason,)
         call.finish_reasons = reasons
-        usage = completion.usage
+        usage = fields["usage"]
         if usage is not None:
             # _read_completion_usage and Call.set_usage, inline: this runs for every call
-            call.input_tokens = usage.prompt_tokens or 0
-            call.output_tokens = usage.completion_tokens or 0
-            details = usage.prompt_tokens_details
+            counts = usage.__dict__
+            call.input_tokens = counts["prompt_tokens"] or 0
+            call.output_tokens = counts["completion_tokens"] or 0
+            details = counts["prompt_tokens_details"]
             if details is not None:
-                call.cache_read_tokens = details.cached_tokens
-                call.cache_write_tokens = getattr(details, "cache_write_tokens", None)
+                counts = details.__dict__
+                call.cache_read_tokens = counts["cached_tokens"]
+                written = counts.get("cache_write_tokens", _UNDECLARED)
+                call.cache_write_tokens = getattr(details, "cache_write_tokens", None) \
+                    if written is _UNDECLARED else written  # (an SDK before the field: maybe an extra)
             details = usage.completion_tokens_details
             if details is not None:
                 call.reasoning_tokens = details.reasoning_tokens

@@ -161,8 +161,9 @@ class StainlessAdapter:
     # ----------------------------------------------------------------- request
     def _begin(self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Endpoint, Call] | None:
         options: Any = args[1] if len(args) > 1 else kwargs.get("options")
+        fields = options.__dict__  # (FinalRequestOptions is a pydantic model: see the OpenAI readers)
         # route() depends on the method and path only: its answers are kept (a bounded memo)
-        endpoint = self._routes.get((options.method, options.url), _UNROUTED)
+        endpoint = self._routes.get((fields["method"], fields["url"]), _UNROUTED)
         if endpoint is _UNROUTED:
             endpoint = self._route_once(client, options)
         if endpoint is None:
@@ -173,7 +174,7 @@ class StainlessAdapter:
         cached = stored.get("_tokenmetry_target")
         target = cached[2] if cached is not None and stored.get(cached[0]) is cached[1] else \
             self._remember_target(client)
-        body = options.json_data
+        body = fields["json_data"]
         if type(body) is dict:  # the usual request (request_facts' first case, inline)
             model, stream = body.get("model"), bool(body.get("stream"))
         else:
