@@ -444,7 +444,9 @@ def test_a_session_bills_runs_of_calls_exactly_as_the_calls_cost() -> None:
             input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cache_read,
             cache_write_tokens=cache_write, reasoning_tokens=rng.choice([None, 0, rng.randint(0, output_tokens)]),
             cache_write_1h_tokens=rng.choice([None] * 5 + [rng.randint(0, cache_write or 10)]),
-            tool_tokens=None, error_type=None, retries=0, turn=None, duration_s=0.5, started_at=1_000_000.0)
+            tool_tokens=None, error_type=None, retries=0, turn=None, duration_s=0.5, started_at=1_000_000.0,
+            operation="chat", response_id=f"id-{index}", usage_source="provider", stream=False, finish_reasons=(),
+            server_address=None, time_to_first_chunk_s=None, throttle_wait_s=0.0, retry_wait_s=0.0)
         if index % 37 == 0:  # bad vendor data: cache reads above the prompt (billed as no uncached input)
             call.cache_read_tokens, call.cache_write_tokens, call.cache_write_1h_tokens = input_tokens + 1, None, None
         call.quote = pricing.quote_call(call, options)
@@ -467,6 +469,9 @@ def test_a_session_bills_runs_of_calls_exactly_as_the_calls_cost() -> None:
         assert total is not None and expected is not None
         assert total == expected
         assert total.to_dict() == expected.to_dict()  # the same digits, not only the same value
+        records = session.calls  # (each record priced from its usage and quote)
+        assert [record.response_id for record in records] == [call.response_id for call in calls]
+        assert sum((record.cost.amount for record in records), D(0)) == expected.amount  # type: ignore[union-attr]
 
 
 def test_a_quote_is_resolved_once_per_model_pair_and_options() -> None:

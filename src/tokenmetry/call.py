@@ -16,7 +16,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from operator import attrgetter
 from typing import Any
 
 from .config import Options
@@ -521,40 +520,19 @@ class Recorder:
     def _prepare(self, run: list[Call]) -> None:
         """What a run's calls need before they join their session: their prices and metric points.
         A call nothing needed priced at once gets only its quote (its session prices the sums); the
-        calls of a run usually share it, and it is resolved once for them."""
+        calls of a run (one session, one model) usually share it, and it is resolved once for them."""
         quote_of = self._quote_call or self._bind_quote()
         options = self.options
-        count = len(run)
-        first = run[0]
+        telemetry = self.telemetry
         # the run's calls may be kept in their session's history for a thousand calls: the response
         # model name they keep is replaced by one shared copy, so the SDK's own strings die with the
         # responses (live objects kept among the SDK's garbage cost its next calls cache misses)
-        model = first.response_model or first.request_model
+        model = run[0].response_model or run[0].request_model
         shared = _shared_name(model) if model is not None else None
-        # one quote serves every call of the run with the same models and no price context, when
-        # the pricing says its answer holds for all of them (no prompt-length tier, no date)
-        same = list(map(_REQUEST_MODEL, run)).count(first.request_model) == count and \
-            list(map(_RESPONSE_MODEL, run)).count(first.response_model) == count and \
-            list(map(_PRICE_CONTEXT, run)).count(None) == count
-        quote: Any = None  # once resolved and shared
-        if list(map(_METRICS, run)).count(None) == count and list(map(_PRICED, run)).count(False) == count:
-            # the usual run without an OpenTelemetry SDK: nothing was priced when the calls finished
-            for call in run:
-                call.priced = True
-                if call.response_model is not None:  # (then it is the run's model)
-                    call.response_model = shared
-                if call.input_tokens or call.output_tokens:
-                    if quote is not None:
-                        call.quote = quote
-                    else:
-                        call.quote, reusable = quote_of(call, options)
-                        if same and reusable:
-                            quote = call.quote
-            return
-        telemetry = self.telemetry
+        last: Call | None = None  # the last call quoted here, while its quote serves the next ones
         for call in run:
             try:
-                if call.response_model is not None:
+                if call.response_model is not None:  # (then it is the run's model)
                     call.response_model = shared
                 metrics = call.metrics
                 if not call.priced:
@@ -563,7 +541,13 @@ class Recorder:
                     else:
                         call.priced = True
                         if call.input_tokens or call.output_tokens:
-                            call.quote, _ = quote_of(call, options)
+                            if last is not None and call.price_context is None and \
+                                    call.request_model == last.request_model and \
+                                    call.response_model == last.response_model:
+                                call.quote = last.quote
+                            else:
+                                call.quote, reusable = quote_of(call, options)
+                                last = call if reusable and call.quote is not None else None
                 if metrics is not None:
                     call.metrics = None
                     telemetry.record_metrics(call, *metrics)
@@ -598,22 +582,10 @@ class Recorder:
         return quote
 
 
-# the fields of a finished call the batch reads a column at a time
-_SESSION, _PROVIDER, _RESPONSE_MODEL, _REQUEST_MODEL, _PRICE_CONTEXT, _PRICED, _METRICS = (
-    attrgetter(name) for name in ("session", "provider", "response_model", "request_model", "price_context",
-                                  "priced", "metrics"))
-
-
 def _runs(calls: list[Call]) -> list[tuple[list[Call], Session, str, str | None]]:
     """(calls, session, provider, model) of each run of consecutive calls of one session, provider
     and model (the response model, else the request model): usually one run, the whole batch."""
-    first = calls[0]
     count = len(calls)
-    model = first.response_model
-    if model is not None and list(map(_RESPONSE_MODEL, calls)).count(model) == count and \
-            list(map(_SESSION, calls)).count(first.session) == count and \
-            list(map(_PROVIDER, calls)).count(first.provider) == count:
-        return [(calls, first.session, first.provider, model)]
     runs = []
     start = 0
     while start < count:
@@ -627,7 +599,7 @@ def _runs(calls: list[Call]) -> list[tuple[list[Call], Session, str, str | None]
                     (call.response_model or call.request_model) != model:
                 break
             end += 1
-        runs.append((calls[start:end], session, provider, model))
+        runs.append((calls if end - start == count else calls[start:end], session, provider, model))
         start = end
     return runs
 

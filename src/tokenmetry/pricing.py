@@ -686,6 +686,10 @@ class Quote:
         return Cost(amount, self.currency, input_cost, output_cost, cache_read_cost, cache_write_cost,
                     self.source)
 
+    def cost_of_usage(self, usage: Usage, cache_write_1h_tokens: int | None = None) -> Cost:
+        """The cost of one call's ``usage`` (and the 1-hour part of its cache writes)."""
+        return self.cost_of_call(_Counted(usage, cache_write_1h_tokens))
+
     def cost_of_call(self, call: Any, requests: int = 1) -> Cost:
         """The cost of one call (the lifecycle's ``Call``, or any object with its token fields)."""
         counts = [0, 0, 0, 0, 0, 0, 0]

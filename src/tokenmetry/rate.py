@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from itertools import compress
-from operator import add, attrgetter
 from typing import TYPE_CHECKING, Any
 
 from .pending import apply_pending
@@ -69,122 +67,127 @@ def add_wait(holder: Any, slept_s: float, cause: str) -> None:
         holder.retry_wait_s += slept_s
 
 
-# the fields of a finished call the sums read, a column at a time
-(_ERROR, _RETRIES, _THROTTLE_EVENTS, _THROTTLE_WAIT, _RETRY_WAIT, _TURN, _DURATION, _STARTED, _INPUT, _OUTPUT,
- _CACHE_READ, _CACHE_WRITE, _CACHE_WRITE_1H, _REASONING, _TOOL, _QUOTE, _RATE_RAW, _RATE_LIMITS) = (
-    attrgetter(name) for name in (
-        "error_type", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s", "turn", "duration_s",
-        "started_at", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-        "cache_write_1h_tokens", "reasoning_tokens", "tool_tokens", "quote", "rate_raw", "rate_limits"))
-
-
-def _detail_sum(values: list[int | None]) -> int | None:
-    """The sum of a detail count, None when no call reported it (0 is a report)."""
-    if values.count(None) == len(values):
-        return None
-    return sum(filter(None, values))  # (None and 0 add nothing)
-
-
 class CallSums:
-    """What a run of finished calls adds to running totals and to its session's bill (a session and
-    the statistics then add the sums once, instead of each walking every call).
+    """What a run of finished calls adds to running totals and to its session's bill, summed in one
+    pass over the calls (a session and the statistics then add the sums once, instead of each
+    walking every call).
 
-    The sums are taken a field at a time over the run (``map`` and ``sum`` over the calls: the
-    interpreter's loop, not a Python one). A detail count (cache read and write, reasoning, tool) is
-    None when no call of the run reported it; ``seconds`` holds (second of the wall clock, tokens)
-    for the tokens-per-minute window, one entry per second in which calls of the run ended. For the
-    session: ``loose`` calls made outside any turn, ``unpriced`` calls with tokens and no quote, and
-    what the priced ones are billed (:meth:`billed`, per quote).
+    A detail count (cache read and write, reasoning, tool) is None when no call of the run reported
+    it; ``seconds`` holds (second of the wall clock, tokens) for the tokens-per-minute window, one
+    entry per second in which calls of the run ended. For the session: ``loose`` calls made outside
+    any turn, ``unpriced`` calls with tokens and no quote, and what the priced ones are billed
+    (:meth:`billed`, per quote).
     """
 
     __slots__ = ("requests", "errors", "retries", "throttle_events", "throttle_wait_s", "retry_wait_s",
                  "duration_s", "busy_s", "input", "output", "cache_read", "cache_write", "reasoning", "tool",
-                 "seconds", "loose", "unpriced", "_billed")
+                 "seconds", "loose", "unpriced", "_quote", "_plain", "_other")
 
     def __init__(self, calls: list[Call]) -> None:
-        count = len(calls)
-        inputs = list(map(_INPUT, calls))
-        outputs = list(map(_OUTPUT, calls))
-        durations = list(map(_DURATION, calls))
-        tokens = list(map(add, inputs, outputs))  # work rate and the window count calls with tokens
-        self.requests = count
-        self.errors = count - list(map(_ERROR, calls)).count(None)
-        self.retries = retries = sum(map(_RETRIES, calls))
-        if retries:  # every wait counts a retry (add_wait): no retries, no waits
-            self.throttle_events = sum(map(_THROTTLE_EVENTS, calls))
-            self.throttle_wait_s = sum(map(_THROTTLE_WAIT, calls))
-            self.retry_wait_s = sum(map(_RETRY_WAIT, calls))
-        else:
-            self.throttle_events = 0
-            self.throttle_wait_s = self.retry_wait_s = 0.0
-        self.duration_s = sum(durations)
-        self.busy_s = sum(compress(durations, tokens))
-        self.input = sum(inputs)
-        self.output = sum(outputs)
-        reads = list(map(_CACHE_READ, calls))
-        writes = list(map(_CACHE_WRITE, calls))
-        thoughts = list(map(_REASONING, calls))
-        self.cache_read = _detail_sum(reads)
-        self.cache_write = _detail_sum(writes)
-        self.reasoning = _detail_sum(thoughts)
-        self.tool = _detail_sum(list(map(_TOOL, calls)))
-        self.loose = list(map(_TURN, calls)).count(None)
-        ends = list(compress(map(int, map(add, map(_STARTED, calls), durations)), tokens))  # seconds
-        if not ends:
-            self.seconds: list[tuple[int, int]] = []
-        elif ends.count(ends[0]) == len(ends):  # the usual run: every call ended in the same second
-            self.seconds = [(ends[0], sum(tokens))]
-        else:
-            self.seconds = _by_second(ends, list(filter(None, tokens)))
-        self._billed = self._bill(calls, tokens, inputs, outputs, reads, writes)
-
-    def _bill(self, calls: list[Call], tokens: list[int], inputs: list[int], outputs: list[int],
-              reads: list[int | None], writes: list[int | None]) -> list[tuple[Any, bool, list[int]]]:
-        """(quote, reasoning billed apart, billed counts) of the calls with tokens, per quote."""
-        quotes = list(compress(map(_QUOTE, calls), tokens))
-        self.unpriced = quotes.count(None)
-        if not quotes or self.unpriced == len(quotes):
-            return []
-        quote = quotes[0]
-        if quote is not None and quotes.count(quote) == len(quotes) and \
-                list(map(_CACHE_WRITE_1H, calls)).count(None) == len(calls) and \
-                not (quote.bills_reasoning and self.reasoning):
-            # the usual run: one quote, no 1-hour cache write, no reasoning billed apart. If no call's
-            # cache counts can exceed its prompt, every count is billed as given: the sums are the bill
-            read = sum(filter(None, compress(reads, tokens)))
-            written = sum(filter(None, compress(writes, tokens)))
-            if max(filter(None, reads), default=0) + max(filter(None, writes), default=0) <= \
-                    min(compress(inputs, tokens)):
-                return [(quote, False, quote.plain_counts(sum(compress(inputs, tokens)) - read - written, read,
-                                                          written, sum(outputs), len(quotes)))]
-        billed: dict[tuple[Any, bool], list[int]] = {}  # call by call, in the order of first billing
-        for call in compress(calls, tokens):
-            quote = call.quote
-            if quote is not None:
-                apart = quote.apart(call.reasoning_tokens)
-                counts = billed.get((quote, apart))
-                if counts is None:
-                    counts = billed[(quote, apart)] = [0, 0, 0, 0, 0, 0, 0]
-                quote.add_call(counts, apart, call)
-        return [(quote, apart, counts) for (quote, apart), counts in billed.items()]
+        errors = retries = throttle_events = input_total = output_total = loose = unpriced = 0
+        throttle_wait_s = retry_wait_s = duration_total = busy_s = 0.0
+        cache_read: int | None = None
+        cache_write: int | None = None
+        reasoning: int | None = None
+        tool: int | None = None
+        seconds: list[tuple[int, int]] = []
+        last_second = -1
+        last_tokens = 0
+        # billing: the calls of the run's first quote with the usual counts are summed here (every
+        # quote bills them linearly, see pricing.Quote.add_plain); any other call is billed per call
+        quote_of_run: Any = None
+        uncached_billed = cache_read_billed = cache_write_billed = output_billed = calls_billed = 0
+        other: dict[tuple[Any, bool], list[int]] | None = None
+        for call in calls:
+            if call.error_type is not None:
+                errors += 1
+            if call.retries:
+                retries += call.retries
+                throttle_events += call.throttle_events
+                throttle_wait_s += call.throttle_wait_s
+                retry_wait_s += call.retry_wait_s
+            if call.turn is None:
+                loose += 1
+            duration = call.duration_s
+            duration_total += duration
+            input_tokens = call.input_tokens
+            output_tokens = call.output_tokens
+            read = call.cache_read_tokens
+            if read is not None:
+                cache_read = read if cache_read is None else cache_read + read
+            written = call.cache_write_tokens
+            if written is not None:
+                cache_write = written if cache_write is None else cache_write + written
+            thought = call.reasoning_tokens
+            if thought is not None:
+                reasoning = thought if reasoning is None else reasoning + thought
+            value = call.tool_tokens
+            if value is not None:
+                tool = value if tool is None else tool + value
+            if input_tokens or output_tokens:  # work rate is throughput while producing tokens
+                input_total += input_tokens
+                output_total += output_tokens
+                busy_s += duration
+                second = int(call.started_at + duration)  # the call's end
+                if second != last_second:
+                    if last_tokens:
+                        seconds.append((last_second, last_tokens))
+                    last_second, last_tokens = second, 0
+                last_tokens += input_tokens + output_tokens
+                quote = call.quote
+                if quote is None:
+                    unpriced += 1
+                    continue
+                if quote_of_run is None:
+                    quote_of_run = quote
+                read = read or 0
+                written = written or 0
+                uncached = input_tokens - read - written
+                if quote is quote_of_run and uncached >= 0 and call.cache_write_1h_tokens is None and \
+                        not (thought and quote.bills_reasoning):
+                    uncached_billed += uncached
+                    cache_read_billed += read
+                    cache_write_billed += written
+                    output_billed += output_tokens
+                    calls_billed += 1
+                else:  # another quote, a 1-hour cache write, reasoning billed apart, or clipped counts
+                    apart = quote.apart(thought)
+                    if other is None:
+                        other = {}
+                    counts = other.get((quote, apart))
+                    if counts is None:
+                        counts = other[(quote, apart)] = [0, 0, 0, 0, 0, 0, 0]
+                    quote.add_call(counts, apart, call)
+        if last_tokens:
+            seconds.append((last_second, last_tokens))
+        self.requests = len(calls)
+        self.errors = errors
+        self.retries = retries
+        self.throttle_events = throttle_events
+        self.throttle_wait_s = throttle_wait_s
+        self.retry_wait_s = retry_wait_s
+        self.duration_s = duration_total
+        self.busy_s = busy_s
+        self.input = input_total
+        self.output = output_total
+        self.cache_read = cache_read
+        self.cache_write = cache_write
+        self.reasoning = reasoning
+        self.tool = tool
+        self.seconds = seconds
+        self.loose = loose
+        self.unpriced = unpriced
+        self._quote = quote_of_run
+        self._plain = (uncached_billed, cache_read_billed, cache_write_billed, output_billed, calls_billed)
+        self._other = other
 
     def billed(self) -> list[tuple[Any, bool, list[int]]]:
         """(quote, reasoning billed apart, billed counts) of the run's priced calls (pricing.Quote's
-        count layout), one entry per quote and way of billing reasoning, in the order of the calls."""
-        return self._billed
-
-
-def _by_second(ends: list[int], tokens: list[int]) -> list[tuple[int, int]]:
-    """(second, tokens) of calls ending in several seconds: one entry per change of second."""
-    seconds: list[tuple[int, int]] = []
-    last_second, last_tokens = ends[0], 0
-    for second, count in zip(ends, tokens):
-        if second != last_second:
-            seconds.append((last_second, last_tokens))
-            last_second, last_tokens = second, 0
-        last_tokens += count
-    seconds.append((last_second, last_tokens))
-    return seconds
+        count layout), one entry per quote and way of billing reasoning."""
+        found = [(self._quote, False, self._quote.plain_counts(*self._plain))] if self._plain[4] else []
+        if self._other is not None:  # (after the run's first quote: a session's currency is its first call's)
+            found.extend((quote, apart, counts) for (quote, apart), counts in self._other.items())
+        return found
 
 
 def newest_limits(calls: list[Call]) -> dict[str, Any]:
@@ -195,28 +198,28 @@ def newest_limits(calls: list[Call]) -> dict[str, Any]:
     an older call's figure. Once the newer calls gave every kind of the vendor's table, the older
     calls' raw values are dropped unparsed. Every call's raw values are let go.
     """
-    raws = list(map(_RATE_RAW, calls))
-    figures = list(map(_RATE_LIMITS, calls))
     newest: dict[str, Any] = {}
-    if raws.count(None) == len(raws) and figures.count(None) == len(figures):
-        return newest
-    for raw, found in zip(reversed(raws), reversed(figures)):
+    complete = False
+    for call in reversed(calls):
+        raw = call.rate_raw
         if raw is not None:
-            rows, entries = raw
-            for key, parse, offset in rows:
-                if key not in newest:
-                    try:
-                        newest[key] = parse(entries[offset][2])  # (raw name, name, value)
-                    except ValueError:
-                        pass
-            if len(newest) >= len(rows):
-                break  # every kind of the table has its newest figure: older calls add nothing
-        if found:
-            for key, value in found.items():
-                if key not in newest:
-                    newest[key] = value
-    for call in calls:
-        call.rate_raw = None  # (a call may stay in its session's history)
+            call.rate_raw = None  # (a call may stay in its session's history)
+            if not complete:
+                rows, entries = raw
+                for key, parse, offset in rows:
+                    if key not in newest:
+                        try:
+                            newest[key] = parse(entries[offset][2])  # (raw name, name, value)
+                        except ValueError:
+                            pass
+                # every kind of the table has its newest figure: older calls add nothing
+                complete = len(newest) >= len(rows)
+        if not complete:
+            found = call.rate_limits
+            if found:
+                for key, value in found.items():
+                    if key not in newest:
+                        newest[key] = value
     return newest
 
 

@@ -11,13 +11,14 @@ import contextvars
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .pending import apply_pending
+from .history import CallHistory
 from .rate import CallSums, Totals
 from .usage import CallRecord, Cost, Usage
 
@@ -47,7 +48,7 @@ class Session:
         self.id = session_id
         self.budget = budget
         self._lock = threading.Lock()
-        self._history: deque[Call] = deque(maxlen=history_limit)
+        self._history = CallHistory(history_limit)
         self._window_s = tpm_window_s
         self._turn_var: contextvars.ContextVar[int | None] = contextvars.ContextVar(
             f"tokenmetry_turn_{session_id}", default=None)
@@ -93,7 +94,7 @@ class Session:
                     for index, count in enumerate(counts):
                         mine[index] += count
             self._totals.add_sums(sums)
-            self._history.extend(calls)
+            self._history.add(calls)
 
     def _add_retry(self, slept_s: float, cause: str) -> None:
         """A wait between whole calls of a retry loop: the session's, not any one call's."""
@@ -129,8 +130,7 @@ class Session:
         """The most recent calls, oldest first (at most ``history_limit``)."""
         apply_pending()
         with self._lock:
-            history = list(self._history)
-        return [call.record() for call in history]
+            return self._history.records(self.id)
 
     @property
     def call_count(self) -> int:
@@ -242,7 +242,7 @@ class SessionManager:
         self.history_limit = history_limit
         self.tpm_window_s = tpm_window_s
         with self.default._lock:
-            self.default._history = deque(self.default._history, maxlen=history_limit)
+            self.default._history.resize(history_limit)
 
     def open(self, session_id: str | None = None, budget: Budget | None = None) -> Session:
         """The session with this id (created on first use); a fresh id when ``None``."""
