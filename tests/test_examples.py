@@ -39,8 +39,8 @@ def test_retries_and_throttling() -> None:
 
 def test_wrap_one_client() -> None:
     out = run_example("wrap_one_client.py")
-    assert re.search(r"^anthropic +claude-sonnet-4-5 +input +\d+ output +\d+ cost \d", out, re.M)
-    assert re.search(r"^gcp\.gemini +gemini-2\.5-flash +input +\d+ output +\d+ cost \d", out, re.M)
+    assert re.search(r"^anthropic +claude-sonnet-4-5 +input +\d+ output +\d+ cost \d", out, re.MULTILINE)
+    assert re.search(r"^gcp\.gemini +gemini-2\.5-flash +input +\d+ output +\d+ cost \d", out, re.MULTILINE)
     assert "2 calls recorded" in out
 
 

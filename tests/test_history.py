@@ -89,10 +89,11 @@ def test_cost_is_priced_from_the_usage_and_the_quote_kept() -> None:
 def test_finish_reasons_are_shared_and_ids_copied() -> None:
     """What the history keeps of a call is not what the SDK made for it: the same reasons share one
     tuple, the response id is a copy (the SDK's objects die with the call, see the module)."""
-    first, second = fake_call(1, finish_reasons=("stop",)), fake_call(2, finish_reasons=tuple(["stop"]))
+    # (a second tuple with the same reasons, as the next response's would be)
+    first, second = fake_call(1, finish_reasons=("stop",)), fake_call(2, finish_reasons=tuple(["stop"]))  # noqa: C409
     history = CallHistory(2)
     history.add([first, second])
-    kept = history._names  # noqa: SLF001 - the storage itself is what is checked
+    kept = history._names  # the storage itself is what is checked
     assert kept[0][8] is kept[1][8]
     assert kept[0][4] is not first.response_id and kept[0][4] == first.response_id.encode()
     odd = fake_call(3, response_id=None)

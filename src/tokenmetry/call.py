@@ -524,9 +524,9 @@ class Recorder:
         quote_of = self._quote_call or self._bind_quote()
         options = self.options
         telemetry = self.telemetry
-        # the run's calls may be kept in their session's history for a thousand calls: the response
-        # model name they keep is replaced by one shared copy, so the SDK's own strings die with the
-        # responses (live objects kept among the SDK's garbage cost its next calls cache misses)
+        # a session's history keeps the response model's name for a thousand calls: the calls' names
+        # are replaced by one shared copy, so the SDK's own strings die with the responses (objects
+        # kept alive among the SDK's short-lived ones cost its next calls, see tokenmetry.history)
         model = run[0].response_model or run[0].request_model
         shared = _shared_name(model) if model is not None else None
         last: Call | None = None  # the last call quoted here, while its quote serves the next ones

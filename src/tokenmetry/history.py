@@ -50,7 +50,7 @@ def _count(value: int | None) -> int | None:
 class CallHistory:
     """The most recent ``limit`` calls of a session, oldest first. Not locked: the owner serialises."""
 
-    __slots__ = ("limit", "_numbers", "_names", "_oldest")
+    __slots__ = ("_names", "_numbers", "_oldest", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

@@ -196,30 +196,26 @@ def newest_limits(calls: list[Call]) -> dict[str, Any]:
     Walked newest first: a call's successful response (its raw header values, parsed here) is newer
     than its failed attempts' figures; a value that does not parse is left out, so the kind keeps
     an older call's figure. Once the newer calls gave every kind of the vendor's table, the older
-    calls' raw values are dropped unparsed. Every call's raw values are let go.
+    calls' raw values are dropped unparsed.
     """
     newest: dict[str, Any] = {}
-    complete = False
     for call in reversed(calls):
         raw = call.rate_raw
         if raw is not None:
-            call.rate_raw = None  # (a call may stay in its session's history)
-            if not complete:
-                rows, entries = raw
-                for key, parse, offset in rows:
-                    if key not in newest:
-                        try:
-                            newest[key] = parse(entries[offset][2])  # (raw name, name, value)
-                        except ValueError:
-                            pass
-                # every kind of the table has its newest figure: older calls add nothing
-                complete = len(newest) >= len(rows)
-        if not complete:
-            found = call.rate_limits
-            if found:
-                for key, value in found.items():
-                    if key not in newest:
-                        newest[key] = value
+            rows, entries = raw
+            for key, parse, offset in rows:
+                if key not in newest:
+                    try:
+                        newest[key] = parse(entries[offset][2])  # (raw name, name, value)
+                    except ValueError:
+                        pass
+            if len(newest) >= len(rows):
+                break  # every kind of the table has its newest figure: older calls add nothing
+        found = call.rate_limits
+        if found:
+            for key, value in found.items():
+                if key not in newest:
+                    newest[key] = value
     return newest
 
 

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from .pending import apply_pending
 from .history import CallHistory
+from .pending import apply_pending
 from .rate import CallSums, Totals
 from .usage import CallRecord, Cost, Usage
 
