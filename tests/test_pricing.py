@@ -474,6 +474,33 @@ def test_a_session_bills_runs_of_calls_exactly_as_the_calls_cost() -> None:
         assert sum((record.cost.amount for record in records), D(0)) == expected.amount  # type: ignore[union-attr]
 
 
+def test_a_quote_of_prices_that_change_on_a_date_holds_until_that_date(monkeypatch: pytest.MonkeyPatch) -> None:
+    """o3 changed price on 2025-06-10: a call made before that date is quoted at the old price and
+    the quote is kept for the next calls until the date comes; then it is resolved again. A price
+    that depends on the time of day (deepseek-chat) is resolved for every call."""
+    change = datetime(2025, 6, 10, tzinfo=UTC).timestamp()
+    clock = [change - 3600.0]
+    monkeypatch.setattr(pricing.time, "time", lambda: clock[0])
+    usd = resolve({})
+    call = SimpleNamespace(provider="openai", response_model="o3", request_model="o3", price_context=None,
+                           input_tokens=1_000, output_tokens=10, cache_read_tokens=None, cache_write_tokens=None,
+                           reasoning_tokens=None, cache_write_1h_tokens=None)
+    before, constant = pricing.quote_and_constancy(call, usd)
+    assert before is not None and constant and before.prices[0] == D("0.00001")  # $10 per million
+    resolved = []
+    original = pricing._resolve_quote
+    monkeypatch.setattr(pricing, "_resolve_quote", lambda *args: resolved.append(args) or original(*args))
+    clock[0] = change - 1.0
+    assert pricing.quote_and_constancy(call, usd) == (before, True) and resolved == []  # kept
+    clock[0] = change + 1.0
+    after, constant = pricing.quote_and_constancy(call, usd)
+    assert after is not None and constant and after.prices[0] == D("0.000002") and len(resolved) == 1
+    deepseek = SimpleNamespace(**{**vars(call), "provider": "deepseek", "response_model": "deepseek-chat",
+                                  "request_model": "deepseek-chat"})
+    assert pricing.quote_and_constancy(deepseek, usd)[1] is False
+    assert pricing.quote_and_constancy(deepseek, usd)[1] is False and len(resolved) == 3
+
+
 def test_a_quote_is_resolved_once_per_model_pair_and_options() -> None:
     usage_call = SimpleNamespace(provider="openai", response_model="gpt-4o-2024-11-20", request_model="gpt-4o",
                                  price_context=None, input_tokens=1_000, output_tokens=10, cache_read_tokens=None,

@@ -31,6 +31,7 @@ genai-prices' USD prices are converted with ``Options.currency_rates`` (units of
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -282,6 +283,23 @@ class _Entry:
             elif _active(selector, now):
                 return index
         return 0
+
+    def stable_until(self, now: float) -> float:
+        """Until when the standard price in force at ``now`` stays in force: the next date a price
+        changes on (``inf``: never), or ``now`` itself when a price depends on the time of day or on
+        a constraint this module does not know (then every call asks)."""
+        selectors = self.selectors
+        if selectors is None:
+            return math.inf
+        until = math.inf
+        for selector in selectors:
+            if selector is None:
+                continue
+            if selector[0] != "date":
+                return now
+            if now < selector[1] < until:
+                until = selector[1]
+        return until
 
     def variant_indexes(self, context: Mapping[str, str], now: float) -> tuple[int, ...]:
         matched: list[int] = []
@@ -696,7 +714,7 @@ class Quote:
         read = call.cache_read_tokens or 0
         written = call.cache_write_tokens or 0
         uncached = call.input_tokens - read - written
-        if not apart and uncached >= 0 and getattr(call, "cache_write_1h_tokens", None) is None:
+        if not apart and uncached >= 0 and not getattr(call, "cache_write_1h_tokens", None):
             # the usual call: every count billed as given (what add_call would count)
             return self.cost(self.plain_counts(uncached, read, written, call.output_tokens, requests), False)
         counts = [0, 0, 0, 0, 0, 0, 0]
@@ -807,7 +825,8 @@ _Unpriced = tuple[str, str | None, str]  # _note_unpriced's arguments
 # (provider, response model, request model) -> (the options it was resolved with, its quote, the
 # unpriced note): calls whose quote depends on nothing else (no service tier, prompt-length tier or
 # date-dependent price) are resolved once per model pair, not once per call
-_constant_quotes: dict[tuple[str, str | None, str | None], tuple[Any, Quote | None, _Unpriced | None]] = {}
+_constant_quotes: dict[tuple[str, str | None, str | None],
+                       tuple[Any, Quote | None, _Unpriced | None, float]] = {}
 
 
 def quote_call(call: Any, options: Options | None = None) -> Quote | None:
@@ -820,8 +839,9 @@ def quote_call(call: Any, options: Options | None = None) -> Quote | None:
 
 def quote_and_constancy(call: Any, options: Options | None = None) -> tuple[Quote | None, bool]:
     """:func:`quote_call`, and whether its answer holds for every call of the same provider and
-    models with no ``price_context`` under these options (no prompt-length tier, no date-dependent
-    price): a batch of such calls is quoted once."""
+    models with no ``price_context`` under these options made now (no prompt-length tier, no price
+    that depends on the time of day): a batch of such calls is quoted once. Prices that change on a
+    date are resolved again once that date has come."""
     if options is None:
         from .call import recorder
 
@@ -833,36 +853,38 @@ def quote_and_constancy(call: Any, options: Options | None = None) -> tuple[Quot
     key = (provider, response_model, request_model)
     if context is None:
         hit = _constant_quotes.get(key)
-        if hit is not None and hit[0] is options:
+        if hit is not None and hit[0] is options and (hit[3] == math.inf or time.time() < hit[3]):
             if hit[2] is not None:
                 _note_unpriced(*hit[2])
             return hit[1], True
-    quote, unpriced, constant = _resolve_quote(call.input_tokens, options, provider, response_model,
-                                               request_model, context)
+    quote, unpriced, until = _resolve_quote(call.input_tokens, options, provider, response_model,
+                                            request_model, context)
     if unpriced is not None:
         _note_unpriced(*unpriced)
-    if constant and context is None:
+    constant = context is None and until > time.time()
+    if constant:
         if len(_constant_quotes) >= _QUOTES_MAX:
             _constant_quotes.clear()
-        _constant_quotes[key] = (options, quote, unpriced)
-    return quote, constant and context is None
+        _constant_quotes[key] = (options, quote, unpriced, until)
+    return quote, constant
 
 
 def _resolve_quote(input_tokens: int, options: Options, provider: str, response_model: str | None,
                    request_model: str | None, context: Mapping[str, str] | None,
-                   ) -> tuple[Quote | None, _Unpriced | None, bool]:
-    """(quote, unpriced note, whether the answer holds for every call of these models)."""
+                   ) -> tuple[Quote | None, _Unpriced | None, float]:
+    """(quote, unpriced note, until when the answer holds for every call of these models: ``inf``
+    always, a date's timestamp until a price changes, 0.0 for this call only)."""
     for model in (response_model, request_model if request_model != response_model else None):
         if not model:
             continue
         entry = _entries.get((model, provider)) or _resolve(model, provider)
         sheet, currency, source = _sheet(entry, options, context, None)
         if sheet is not None:
-            return (_quote(sheet, input_tokens, currency, source), None,
-                    not sheet.tiered and entry.selectors is None)
+            until = 0.0 if sheet.tiered else entry.stable_until(time.time())
+            return _quote(sheet, input_tokens, currency, source), None, until
         if source != "unknown-model":
-            return None, (model, provider, source), True
-    return None, (response_model or request_model or "", provider, "unknown-model"), True
+            return None, (model, provider, source), math.inf
+    return None, (response_model or request_model or "", provider, "unknown-model"), math.inf
 
 
 def price_usage_of_call(call: Any, options: Options | None = None) -> Cost | None:

@@ -143,7 +143,7 @@ class CallSums:
                 read = read or 0
                 written = written or 0
                 uncached = input_tokens - read - written
-                if quote is quote_of_run and uncached >= 0 and call.cache_write_1h_tokens is None and \
+                if quote is quote_of_run and uncached >= 0 and not call.cache_write_1h_tokens and \
                         not (thought and quote.bills_reasoning):
                     uncached_billed += uncached
                     cache_read_billed += read

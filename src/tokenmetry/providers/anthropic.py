@@ -24,6 +24,7 @@ or kept as a child whose ``gen_ai.usage.*`` attributes are withheld, so the trac
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from ..call import Call, current_call, recorder, report_failure
@@ -83,34 +84,49 @@ def _set_usage(call: Call, input_tokens: int | None, output_tokens: int | None, 
     call.cache_write_1h_tokens = cache_write_1h
 
 
+def _fields(entry: Any) -> Mapping[str, Any]:
+    """All fields of an SDK model at once (declared ones are in ``__dict__``, others pydantic keeps
+    in ``__pydantic_extra__``), or the entry itself when it is a plain dict (parsed JSON): one look
+    per object for the readers of a whole response, where :func:`_value` looks per field."""
+    if type(entry) is dict:
+        return entry
+    fields = getattr(entry, "__dict__", None)
+    if fields is None:
+        return {}
+    extra = getattr(entry, "__pydantic_extra__", None)
+    return {**fields, **extra} if extra else fields
+
+
 def _read_usage(call: Call, usage: Any) -> None:
     """A complete usage object (a non-streamed Message)."""
-    creation = _value(usage, "cache_creation")
-    details = _value(usage, "output_tokens_details")
+    fields = _fields(usage)
+    creation = fields.get("cache_creation")
+    details = fields.get("output_tokens_details")
     _set_usage(
         call,
-        _value(usage, "input_tokens"),
-        _value(usage, "output_tokens"),
-        _value(usage, "cache_read_input_tokens"),
-        _value(usage, "cache_creation_input_tokens"),
+        fields.get("input_tokens"),
+        fields.get("output_tokens"),
+        fields.get("cache_read_input_tokens"),
+        fields.get("cache_creation_input_tokens"),
         None if creation is None else _value(creation, "ephemeral_1h_input_tokens"),
         None if details is None else _value(details, "thinking_tokens"),
-        _value(usage, "iterations"),
+        fields.get("iterations"),
     )
 
 
 def _read_message(call: Call, message: Any) -> None:
-    call.response_id = _value(message, "id")
-    call.response_model = _value(message, "model")
-    stop_reason = _value(message, "stop_reason")
+    fields = _fields(message)
+    call.response_id = fields.get("id")
+    call.response_model = fields.get("model")
+    stop_reason = fields.get("stop_reason")
     if stop_reason:
         call.add_finish_reason(stop_reason)
-    usage = _value(message, "usage")
+    usage = fields.get("usage")
     if usage is not None:
         _read_usage(call, usage)
         if not recorder.keeps_output_text:
             return
-    for block in _value(message, "content") or ():  # the text, for an estimate (no usage) or captured content
+    for block in fields.get("content") or ():  # the text, for an estimate (no usage) or captured content
         text = _value(block, "text") or _value(block, "thinking")
         if text:
             call.add_text(text)
