@@ -23,6 +23,11 @@ Modes (each in fresh processes of its own):
     ``Models.generate_content[_stream]``: one current CLIENT span with the standard gen_ai
     attributes, ``gen_ai.client.token.usage`` (input, output) and ``gen_ai.client.operation.duration``
     into the same SDK providers; for streams it wraps the iterator to read the usage.
+``floor`` (plain calls)
+    The least any exact per-call account can do, with no OpenTelemetry: a wrapper around the
+    resource method that notes when the call starts and keeps (model, response model, id, input
+    and output tokens, duration) of each response in a list, emptied every 16 calls; no session,
+    price, rate limit, stream or error handling. The lower bound for ``tokenmetry-nosdk``.
 ``yardstick-full`` (OpenAI only)
     The yardstick made to emit exactly what tokenmetry emits (same span attributes, same metric
     points: cache-read token counter, cost counter, time-to-first-chunk, time per chunk; a
@@ -77,7 +82,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-MODES = ("bare", "tokenmetry", "tokenmetry-nosdk", "yardstick", "yardstick-full")
+MODES = ("bare", "tokenmetry", "tokenmetry-nosdk", "yardstick", "yardstick-full", "floor")
 FULL_YARDSTICK_PROVIDERS = ("openai",)  # the same-output yardstick is written for OpenAI only
 STREAM_CHUNKS = 50
 ADAPTER_MODULES = {"openai": "tokenmetry.providers.openai",
@@ -878,6 +883,59 @@ class _AnthropicStream(_YardstickStream):
         return event
 
 
+# ============================================================================ the floor
+class Floor:
+    """The least an exact per-call account can do (see the module docstring): no OpenTelemetry."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.kept: list[tuple[Any, ...]] = []
+        self.calls = 0
+        self.input_tokens = 0
+
+    def attach(self, client: Any) -> None:
+        if self.provider == "openai":
+            resource, name, wrapper = client.chat.completions, "create", self._openai
+        elif self.provider == "anthropic":
+            resource, name, wrapper = client.messages, "create", self._anthropic
+        else:
+            resource, name, wrapper = client.models, "generate_content", self._gemini
+        setattr(resource, name, _bound_wrapper(getattr(resource, name), resource, wrapper))
+
+    def _keep(self, row: tuple[Any, ...]) -> None:
+        kept = self.kept
+        kept.append(row)
+        if len(kept) >= 16:  # what a real account would add to its totals, in batches
+            self.calls += len(kept)
+            self.input_tokens += sum(entry[3] for entry in kept)
+            kept.clear()
+
+    def _openai(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        started = time.perf_counter()
+        result = wrapped(*args, **kwargs)
+        usage = result.usage
+        self._keep((kwargs.get("model"), result.model, result.id, usage.prompt_tokens, usage.completion_tokens,
+                    time.perf_counter() - started))
+        return result
+
+    def _anthropic(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        started = time.perf_counter()
+        result = wrapped(*args, **kwargs)
+        usage = result.usage
+        self._keep((kwargs.get("model"), result.model, result.id, usage.input_tokens
+                    + (usage.cache_read_input_tokens or 0) + (usage.cache_creation_input_tokens or 0),
+                    usage.output_tokens, time.perf_counter() - started))
+        return result
+
+    def _gemini(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        started = time.perf_counter()
+        result = wrapped(*args, **kwargs)
+        usage = result.usage_metadata
+        self._keep((kwargs.get("model"), result.model_version, result.response_id, usage.prompt_token_count,
+                    usage.candidates_token_count, time.perf_counter() - started))
+        return result
+
+
 # ============================================================================ the modes
 class Mode:
     """One kind of instrumentation: on one client instance (``attach``, the paired method) or
@@ -963,9 +1021,28 @@ class YardstickMode(Mode):
             raise SystemExit(f"yardstick recorded {count} duration points, expected {instrumented_calls}")
 
 
+class FloorMode(Mode):
+    def __init__(self, provider: str) -> None:
+        self.floor = Floor(provider)
+        self.provider = provider
+        self.seen = 0
+
+    def attach(self, client: Any) -> None:
+        self.floor.attach(client)
+
+    def check(self, calls: int) -> None:
+        self.seen += calls
+        kept = self.floor.calls + len(self.floor.kept)
+        inputs = self.floor.input_tokens + sum(entry[3] for entry in self.floor.kept)
+        if kept != self.seen or inputs != self.seen * INPUT_TOKENS[self.provider]:
+            raise SystemExit(f"floor kept {kept} calls / {inputs} input tokens, expected {self.seen}")
+
+
 def make_mode(mode: str, provider: str, span_processor: str) -> Mode:
     if mode == "bare":
         return Mode()
+    if mode == "floor":
+        return FloorMode(provider)
     if mode == "tokenmetry-nosdk":
         return Tokenmetry(provider, None)
     sdk = OTelSDK(span_processor)
@@ -1147,7 +1224,8 @@ def run_parent(args: argparse.Namespace) -> dict[str, Any]:
             skipped[provider] = f"{ADAPTER_MODULES[provider]} does not exist yet"
             continue
         scenarios += [(provider, kind) for kind in kinds if (provider, kind) in SCENARIOS]
-    modes_of = {scenario: [m for m in modes if m != "yardstick-full" or scenario[0] in FULL_YARDSTICK_PROVIDERS]
+    modes_of = {scenario: [m for m in modes if (m != "yardstick-full" or scenario[0] in FULL_YARDSTICK_PROVIDERS)
+                           and (m != "floor" or (scenario[1] == "chat" and args.method == "paired"))]
                 for scenario in scenarios}
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     raw: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -1227,6 +1305,8 @@ def aggregate(raw: dict[tuple[str, str, str], list[dict[str, Any]]], scenarios: 
                                                            / found["yardstick-full"]["added_fraction_of_bare"])
         if "tokenmetry-nosdk" in found:
             entry["nosdk_added_fraction_of_bare"] = found["tokenmetry-nosdk"]["added_fraction_of_bare"]
+        if "floor" in found:
+            entry["floor_added_fraction_of_bare"] = found["floor"]["added_fraction_of_bare"]
         if chunks:
             for values in found.values():
                 values["added_us_per_chunk"] = values["added_us"]["median"] / chunks
@@ -1287,6 +1367,9 @@ def print_table(report: dict[str, Any]) -> None:
         if "nosdk_added_fraction_of_bare" in result:
             fraction = result["nosdk_added_fraction_of_bare"]
             notes.append(f"nosdk added/bare = {fraction:.2%} (target < 2%: {'ok' if fraction < 0.02 else 'MISSED'})")
+        if "floor_added_fraction_of_bare" in result:
+            notes.append(f"floor added/bare = {result['floor_added_fraction_of_bare']:.2%} (the least an exact "
+                         "per-call account costs)")
         marginal = {m: v["marginal_added_us_per_chunk"] for m, v in result["modes"].items()
                     if "marginal_added_us_per_chunk" in v and m != "bare"}
         if marginal:
