@@ -94,7 +94,7 @@ class CallSums:
         last_second = -1
         last_tokens = 0
         # billing: the calls of the run's first quote with the usual counts are summed here (every
-        # quote bills them linearly, see pricing.Quote.add_plain); any other call is billed per call
+        # quote bills them linearly, see pricing.Quote.plain_counts); any other call is billed per call
         quote_of_run: Any = None
         uncached_billed = cache_read_billed = cache_write_billed = output_billed = calls_billed = 0
         other: dict[tuple[Any, bool], list[int]] | None = None
