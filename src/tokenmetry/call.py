@@ -503,7 +503,7 @@ class Recorder:
         one session and one model (usually the whole batch) is priced, summed and added once."""
         stats = self.stats
         for run, session, provider, model in _runs(calls):
-            self._prepare(run)
+            self._prepare(run, model)
             try:
                 sums = CallSums(run)
                 session._add_calls(run, sums)
@@ -517,7 +517,7 @@ class Recorder:
             except Exception:
                 report_failure("headers", "reading rate-limit headers")
 
-    def _prepare(self, run: list[Call]) -> None:
+    def _prepare(self, run: list[Call], model: str | None) -> None:
         """What a run's calls need before they join their session: their prices and metric points.
         A call nothing needed priced at once gets only its quote (its session prices the sums); the
         calls of a run (one session, one model) usually share it, and it is resolved once for them."""
@@ -527,8 +527,7 @@ class Recorder:
         # a session's history keeps the response model's name for a thousand calls: the calls' names
         # are replaced by one shared copy, so the SDK's own strings die with the responses (objects
         # kept alive among the SDK's short-lived ones cost its next calls, see tokenmetry.history)
-        model = run[0].response_model or run[0].request_model
-        shared = _shared_name(model) if model is not None else None
+        shared = _shared_name(model) if model is not None else None  # (the run's model)
         last: Call | None = None  # the last call quoted here, while its quote serves the next ones
         for call in run:
             try:

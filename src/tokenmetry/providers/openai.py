@@ -53,15 +53,24 @@ def provider_for_host(host: str) -> str:
 
 # ----------------------------------------------------------------------------- usage readers
 def _read_completion_usage(call: Call, usage: Any) -> None:
-    prompt_details = usage.prompt_tokens_details
-    completion_details = usage.completion_tokens_details
-    call.set_usage(
-        usage.prompt_tokens,
-        usage.completion_tokens,
-        None if prompt_details is None else prompt_details.cached_tokens,
-        None if prompt_details is None else getattr(prompt_details, "cache_write_tokens", None),
-        None if completion_details is None else completion_details.reasoning_tokens,
-    )
+    """Assign (never add) a chat or text completion's usage: Call.set_usage's work, done here for
+    every call without its frame, reading the models' ``__dict__`` (where pydantic keeps declared
+    fields: an attribute of an SDK model goes through pydantic's ``__getattr__`` hook)."""
+    counts = usage.__dict__
+    call.input_tokens = counts["prompt_tokens"] or 0
+    call.output_tokens = counts["completion_tokens"] or 0
+    details = counts["prompt_tokens_details"]
+    if details is None:
+        call.cache_read_tokens = call.cache_write_tokens = None
+    else:
+        counts = details.__dict__
+        call.cache_read_tokens = counts["cached_tokens"]
+        written = counts.get("cache_write_tokens", _UNDECLARED)
+        call.cache_write_tokens = getattr(details, "cache_write_tokens", None) \
+            if written is _UNDECLARED else written  # (an SDK before the field: maybe an extra)
+    details = usage.completion_tokens_details
+    call.reasoning_tokens = None if details is None else details.reasoning_tokens
+    call.usage_source = "provider"
 
 
 _UNDECLARED: Any = object()
@@ -108,21 +117,7 @@ def _completion_readers(chat: bool) -> tuple[Callable[[Call, Any], None], ChunkR
         call.finish_reasons = reasons
         usage = fields["usage"]
         if usage is not None:
-            # _read_completion_usage and Call.set_usage, inline: this runs for every call
-            counts = usage.__dict__
-            call.input_tokens = counts["prompt_tokens"] or 0
-            call.output_tokens = counts["completion_tokens"] or 0
-            details = counts["prompt_tokens_details"]
-            if details is not None:
-                counts = details.__dict__
-                call.cache_read_tokens = counts["cached_tokens"]
-                written = counts.get("cache_write_tokens", _UNDECLARED)
-                call.cache_write_tokens = getattr(details, "cache_write_tokens", None) \
-                    if written is _UNDECLARED else written  # (an SDK before the field: maybe an extra)
-            details = usage.completion_tokens_details
-            if details is not None:
-                call.reasoning_tokens = details.reasoning_tokens
-            call.usage_source = "provider"
+            _read_completion_usage(call, usage)
             if not recorder.keeps_output_text:
                 return
         for choice in completion.choices:  # the text, for an estimate (no usage) or captured content
