@@ -83,7 +83,8 @@ class Call:
     #   span          its OpenTelemetry span while it runs, if an SDK is configured
     #   request_body  kept only until it finishes, for estimates and content capture
     #   rate_raw      (rows, header entries) of the successful response's rate-limit headers, parsed
-    #                 when the call is applied (see providers.base.RateLimitHeaders.keep, rate.newest_limits)
+    #                 when the call is applied (see providers.base.RateLimitHeaders.response_hook,
+    #                 rate.newest_limits)
     #   metrics       the metric instruments when an SDK is configured; once finished, (instruments,
     #                 the OpenTelemetry context current then): its points are recorded when the call is
     #                 applied, and exemplars link to that context

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..call import Call
+from ..call import Call, current_call, report_failure
 
 __all__ = ["Endpoint", "Target", "Patch", "RateLimitHeaders", "RateLimitTable"]
 
@@ -50,7 +50,7 @@ class Patch:
 
 class RateLimitHeaders:
     """Reads a vendor's rate-limit headers into a call: a failed attempt's response as ``(call,
-    headers)``, every successful one through :meth:`keep`.
+    headers)``, every successful one through the hook :meth:`response_hook` makes.
 
     ``table`` names each header, its key and its parser; a value the parser rejects (``ValueError``)
     is left out. ``probes`` are headers of the table that every response of the vendor's own API
@@ -68,7 +68,7 @@ class RateLimitHeaders:
         # httpx2 keeps lower-case names as bytes: keyed by those, the header list is read in one pass
         self._names = {header.encode(): header for header in headers}
         self.size = len(table)  # how many keys a response can give at most
-        # learned from the last complete response (see keep()): how many headers it had, the span of
+        # learned from the last complete response (see response_hook()): how many headers it had, the span of
         # its list from the table's first header to its last, the names along that span, and for each
         # row of the table its key, the parser of its raw value and its offset in the span
         self._learned_length = -1
@@ -81,9 +81,10 @@ class RateLimitHeaders:
         if values is not None:
             _merge_into(call, values)
 
-    def keep(self, call: Call, headers: Any) -> None:
-        """A successful response's headers: their figures go with the call (the newest figure of
-        each kind is merged into its model's when the call is applied, see ``rate.newest_limits``).
+    def response_hook(self) -> Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]:
+        """The wrapper of the SDK's ``_process_response`` (wrapt's signature): every successful
+        response's figures go with the call running here, and the newest figure of each kind is
+        merged into its model's when the call is applied (see ``rate.newest_limits``).
 
         A vendor's API sends the same headers in the same order on every response, so where a
         complete response had them (every row of the table, each once) is kept: a response with as
@@ -93,12 +94,27 @@ class RateLimitHeaders:
         figure. Anything else (another layout) is read at once by :meth:`parse`, exactly as
         ``headers.get()`` gives each value. No response's headers stay alive past its call.
         """
-        entries = getattr(headers, "_list", None)
-        if type(entries) is list and len(entries) == self._learned_length:
-            span = entries[self._span]
-            if list(map(_name_of, span)) == self._span_names:
-                call.rate_raw = (self._learned_rows, span)
-                return
+
+        def keep_headers(wrapped: Any, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            call = current_call.get()
+            if call is not None:
+                try:
+                    headers = kwargs["response"].headers
+                    entries = getattr(headers, "_list", None)
+                    if type(entries) is list and len(entries) == self._learned_length:
+                        span = entries[self._span]
+                        if list(map(_name_of, span)) == self._span_names:
+                            call.rate_raw = (self._learned_rows, span)
+                            return wrapped(*args, **kwargs)
+                    self._read_other(call, headers, entries)
+                except Exception:
+                    report_failure("headers")
+            return wrapped(*args, **kwargs)
+
+        return keep_headers
+
+    def _read_other(self, call: Call, headers: Any, entries: Any) -> None:
+        """A response not laid out as the learned one: read at once; a complete one is learned."""
         found = self.parse(headers)
         if found:
             _merge_into(call, found)

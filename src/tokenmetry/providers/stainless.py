@@ -115,7 +115,8 @@ class StainlessAdapter:
             Patch(async_client, "_sleep_for_retry", self._async_sleep),
         ]
         if self.rate_limit_headers is not None:
-            keep_headers = self._keep_headers()
+            # the successful response's rate-limit figures go with the call (the headers are not kept)
+            keep_headers = self.rate_limit_headers.response_hook()
             patches += [Patch(sync_client, "_process_response", keep_headers),
                         Patch(async_client, "_process_response", keep_headers)]
         patches.extend(self.helper_patches())
@@ -473,22 +474,6 @@ class StainlessAdapter:
         except Exception:
             report_failure("retry")
             return None
-
-    def _keep_headers(self) -> Any:
-        """The ``_process_response`` hook: the response's rate-limit figures go with the call (see
-        :meth:`RateLimitHeaders.keep`); the headers themselves are not kept."""
-        keep = self.rate_limit_headers.keep  # type: ignore[union-attr]
-
-        def keep_headers(wrapped: Any, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            call = current_call.get()
-            if call is not None:
-                try:
-                    keep(call, kwargs["response"].headers)
-                except Exception:
-                    report_failure("headers")
-            return wrapped(*args, **kwargs)
-
-        return keep_headers
 
 
 def _note_sleep(call: Call, retry: tuple[int, int | None, float | None] | None, slept: float) -> None:
