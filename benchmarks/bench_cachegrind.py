@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 EVENTS = ("Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")  # callgrind's order
-MODES = ("bare", "tokenmetry-nosdk", "tokenmetry", "yardstick", "yardstick-full")
+MODES = ("bare", "tokenmetry-nosdk", "tokenmetry", "yardstick", "yardstick-full", "floor")
 
 
 def child(provider: str, mode: str, calls: int, warmup: int, ready: str, go: str) -> None:
@@ -53,6 +53,8 @@ def child(provider: str, mode: str, calls: int, warmup: int, ready: str, go: str
     if mode.startswith("yardstick"):  # the hand-written wrappers of bench_overhead.py
         kind = bench.YardstickFull if mode == "yardstick-full" else bench.Yardstick
         bench.YardstickMode(provider, bench.OTelSDK("batch"), kind).attach(client)
+    elif mode == "floor":  # bench_overhead.py's least exact per-call account
+        bench.Floor(provider).attach(client)
     elif mode != "bare":
         import tokenmetry
 
@@ -96,9 +98,9 @@ def run(provider: str, mode: str, calls: int, warmup: int, workdir: str, tag: st
     raise SystemExit(f"no totals in {out}")
 
 
-def functions(profile: str) -> dict[str, int]:
-    """Own instruction count per C function of a callgrind profile."""
-    text = subprocess.run(["callgrind_annotate", "--threshold=100", "--show=Ir", "--sort=Ir", profile],
+def functions(profile: str, event: str = "Ir") -> dict[str, int]:
+    """Own count of ``event`` per C function of a callgrind profile."""
+    text = subprocess.run(["callgrind_annotate", "--threshold=100", f"--show={event}", f"--sort={event}", profile],
                           capture_output=True, text=True, check=True).stdout
     found: dict[str, int] = {}
     for line in text.splitlines():
@@ -129,6 +131,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="processes per mode, averaged")
     parser.add_argument("--functions", type=int, default=0, metavar="N",
                         help="print the N C functions whose counts differ most from the bare client's")
+    parser.add_argument("--keep", metavar="DIR", help="keep the callgrind profiles in DIR (for callgrind_annotate)")
+    parser.add_argument("--event", choices=EVENTS, default="Ir",
+                        help="the count --functions compares (DLmw: last-level write misses, ...)")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m and m != "bare"]
     unknown = [m for m in modes if m not in MODES]
@@ -137,7 +142,9 @@ def main() -> None:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     jobs = [(mode, index) for mode in ["bare", *modes] for index in range(args.repeat)]
-    with tempfile.TemporaryDirectory() as workdir, ThreadPoolExecutor(2) as pool:
+    with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(2) as pool:
+        workdir = args.keep or scratch
+        os.makedirs(workdir, exist_ok=True)
         results = list(pool.map(lambda job: run(args.provider, job[0], args.calls, args.warmup, workdir,
                                                 f"{job[0]}.{job[1]}"), jobs))
         per_call: dict[str, dict[str, float]] = {}
@@ -159,11 +166,11 @@ def main() -> None:
             print(f"{mode:18} " + " ".join(f"{added[e]:8.0f}" for e in EVENTS) +
                   f"  {model_us(added):8.1f}  ({model_us(added) / model_us(bare):.1%} of bare; {each})")
         if args.functions:
-            base = functions(profiles["bare"])
+            base = functions(profiles["bare"], args.event)
             for mode in modes:
-                mine = functions(profiles[mode])
+                mine = functions(profiles[mode], args.event)
                 diff = {name: (mine.get(name, 0) - base.get(name, 0)) / args.calls for name in set(base) | set(mine)}
-                print(f"\n{mode}: C functions by added instructions per call (first process against bare's)")
+                print(f"\n{mode}: C functions by added {args.event} per call (first process against bare's)")
                 for name, value in sorted(diff.items(), key=lambda item: -abs(item[1]))[:args.functions]:
                     print(f"{value:9.0f}  {name}")
 
