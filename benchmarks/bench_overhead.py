@@ -28,6 +28,11 @@ Modes (each in fresh processes of its own):
     resource method that notes when the call starts and keeps (model, response model, id, input
     and output tokens, duration) of each response in a list, emptied every 16 calls; no session,
     price, rate limit, stream or error handling. The lower bound for ``tokenmetry-nosdk``.
+``floor-hooks`` (OpenAI plain calls)
+    The floor taken where tokenmetry takes it: the client's ``request`` (the start, and the context
+    variable that tells the inner hook which call runs) and ``_process_response`` (the header list),
+    the two points that see every surface, the retry loop and the headers. Keeps the floor's tuple
+    plus the header list; nothing else. What any account through those points costs at least.
 ``yardstick-full`` (OpenAI only)
     The yardstick made to emit exactly what tokenmetry emits (same span attributes, same metric
     points: cache-read token counter, cost counter, time-to-first-chunk, time per chunk; a
@@ -82,7 +87,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-MODES = ("bare", "tokenmetry", "tokenmetry-nosdk", "yardstick", "yardstick-full", "floor")
+MODES = ("bare", "tokenmetry", "tokenmetry-nosdk", "yardstick", "yardstick-full", "floor", "floor-hooks")
 FULL_YARDSTICK_PROVIDERS = ("openai",)  # the same-output yardstick is written for OpenAI only
 STREAM_CHUNKS = 50
 ADAPTER_MODULES = {"openai": "tokenmetry.providers.openai",
@@ -936,6 +941,42 @@ class Floor:
         return result
 
 
+class FloorHooks(Floor):
+    """The floor at tokenmetry's patch points (``floor-hooks``, OpenAI): ``request`` and
+    ``_process_response`` of one client instance, as ``tokenmetry.wrap`` binds them."""
+
+    def __init__(self, provider: str) -> None:
+        super().__init__(provider)
+        import contextvars
+
+        self.running: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("floor", default=None)
+
+    def attach(self, client: Any) -> None:
+        client.__dict__["request"] = _bound_wrapper(client.request, client, self._request)
+        client.__dict__["_process_response"] = _bound_wrapper(client._process_response, client, self._response)
+
+    def _request(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.running.get() is not None:
+            return wrapped(*args, **kwargs)
+        started = time.perf_counter()
+        scratch: list[Any] = [None]
+        token = self.running.set(scratch)
+        try:
+            result = wrapped(*args, **kwargs)
+        finally:
+            self.running.reset(token)
+        usage = result.usage
+        self._keep((args[1].json_data.get("model"), result.model, result.id, usage.prompt_tokens,
+                    usage.completion_tokens, time.perf_counter() - started, scratch[0]))
+        return result
+
+    def _response(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        scratch = self.running.get()
+        if scratch is not None:
+            scratch[0] = kwargs["response"].headers._list
+        return wrapped(*args, **kwargs)
+
+
 # ============================================================================ the modes
 class Mode:
     """One kind of instrumentation: on one client instance (``attach``, the paired method) or
@@ -1022,8 +1063,8 @@ class YardstickMode(Mode):
 
 
 class FloorMode(Mode):
-    def __init__(self, provider: str) -> None:
-        self.floor = Floor(provider)
+    def __init__(self, provider: str, kind: type[Floor] = Floor) -> None:
+        self.floor = kind(provider)
         self.provider = provider
         self.seen = 0
 
@@ -1043,6 +1084,8 @@ def make_mode(mode: str, provider: str, span_processor: str) -> Mode:
         return Mode()
     if mode == "floor":
         return FloorMode(provider)
+    if mode == "floor-hooks":
+        return FloorMode(provider, FloorHooks)
     if mode == "tokenmetry-nosdk":
         return Tokenmetry(provider, None)
     sdk = OTelSDK(span_processor)
@@ -1225,7 +1268,8 @@ def run_parent(args: argparse.Namespace) -> dict[str, Any]:
             continue
         scenarios += [(provider, kind) for kind in kinds if (provider, kind) in SCENARIOS]
     modes_of = {scenario: [m for m in modes if (m != "yardstick-full" or scenario[0] in FULL_YARDSTICK_PROVIDERS)
-                           and (m != "floor" or (scenario[1] == "chat" and args.method == "paired"))]
+                           and (m != "floor" or (scenario[1] == "chat" and args.method == "paired"))
+                           and (m != "floor-hooks" or (scenario == ("openai", "chat") and args.method == "paired"))]
                 for scenario in scenarios}
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     raw: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -1307,6 +1351,8 @@ def aggregate(raw: dict[tuple[str, str, str], list[dict[str, Any]]], scenarios: 
             entry["nosdk_added_fraction_of_bare"] = found["tokenmetry-nosdk"]["added_fraction_of_bare"]
         if "floor" in found:
             entry["floor_added_fraction_of_bare"] = found["floor"]["added_fraction_of_bare"]
+        if "floor-hooks" in found:
+            entry["floor_hooks_added_fraction_of_bare"] = found["floor-hooks"]["added_fraction_of_bare"]
         if chunks:
             for values in found.values():
                 values["added_us_per_chunk"] = values["added_us"]["median"] / chunks
@@ -1370,6 +1416,9 @@ def print_table(report: dict[str, Any]) -> None:
         if "floor_added_fraction_of_bare" in result:
             notes.append(f"floor added/bare = {result['floor_added_fraction_of_bare']:.2%} (the least an exact "
                          "per-call account costs)")
+        if "floor_hooks_added_fraction_of_bare" in result:
+            notes.append(f"floor-hooks added/bare = {result['floor_hooks_added_fraction_of_bare']:.2%} (the same, "
+                         "taken at tokenmetry's patch points)")
         marginal = {m: v["marginal_added_us_per_chunk"] for m, v in result["modes"].items()
                     if "marginal_added_us_per_chunk" in v and m != "bare"}
         if marginal:
