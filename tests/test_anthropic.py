@@ -795,19 +795,57 @@ async def test_vertex_async(server: LocalAPIServer, tm: Any, records: list[Any])
     check_record(only(records), server, stream=True, provider="gcp.vertex_ai")
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_bedrock_routing(server: LocalAPIServer, tm: Any, records: list[Any], stream: bool) -> None:
-    """The local server has no Bedrock endpoints yet (it answers 404): this checks what tokenmetry
-    makes of the request the real AnthropicBedrock client sends (provider, model, stream, error)."""
-    bedrock_model = "anthropic.claude-sonnet-4-6-v1:0"
-    c = anthropic.AnthropicBedrock(api_key="key", aws_region="us-east-1", base_url=server.url, max_retries=0)
+BEDROCK_MODEL = "anthropic.claude-sonnet-4-6-v1:0"
+
+
+def bedrock(server: LocalAPIServer, async_: bool = False) -> Any:
+    cls = anthropic.AsyncAnthropicBedrock if async_ else anthropic.AnthropicBedrock
+    return cls(api_key="key", aws_region="us-east-1", base_url=server.url, max_retries=0)
+
+
+def check_bedrock(record: Any, span: Any, server: LocalAPIServer) -> None:
+    """A Bedrock call's record and span against what the server sent: every usage field exact, the
+    provider the SDK names (aws.bedrock), priced at the Bedrock model id's price."""
+    usage, one_hour, sent = sent_truth(server)
+    assert server.last_request.path == f"/model/{BEDROCK_MODEL}/invoke"
+    assert (record.provider, record.operation, record.request_model, record.response_model, record.response_id) \
+        == ("aws.bedrock", "chat", BEDROCK_MODEL, sent.model, sent.response_id)
+    assert (record.usage, record.usage_source, record.stream, record.error_type, record.finish_reasons) == \
+        (usage, "provider", False, None, ("end_turn",))
+    assert usage.input_tokens > 0 and usage.output_tokens > 0
+    assert record.cost is not None
+    assert record.cost == tokenmetry.price(BEDROCK_MODEL, usage, provider="aws.bedrock",
+                                           cache_write_1h_tokens=one_hour)
+    attributes = dict(span.attributes)
+    assert {key: attributes[key] for key in (
+        "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model", "gen_ai.response.id",
+        "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "server.port", "tokenmetry.cost.amount")} == {
+        "gen_ai.provider.name": "aws.bedrock", "gen_ai.request.model": BEDROCK_MODEL,
+        "gen_ai.response.model": sent.model, "gen_ai.response.id": sent.response_id,
+        "gen_ai.usage.input_tokens": usage.input_tokens, "gen_ai.usage.output_tokens": usage.output_tokens,
+        "server.port": server.port, "tokenmetry.cost.amount": float(record.cost.amount)}
+
+
+def test_bedrock_sync(server: LocalAPIServer, tm: Any, records: list[Any]) -> None:
+    bedrock(server).messages.create(model=BEDROCK_MODEL, max_tokens=200, messages=MESSAGES)
+    check_bedrock(only(records), only(tm.finished_spans()), server)
+
+
+async def test_bedrock_async(server: LocalAPIServer, tm: Any, records: list[Any]) -> None:
+    await bedrock(server, async_=True).messages.create(model=BEDROCK_MODEL, max_tokens=200, messages=MESSAGES)
+    check_bedrock(only(records), only(tm.finished_spans()), server)
+
+
+def test_bedrock_stream_routing(server: LocalAPIServer, tm: Any, records: list[Any]) -> None:
+    """A Bedrock stream answers in AWS's binary event-stream framing, which the SDK decodes with
+    botocore (not installed here), so the local server does not serve it (404): this checks what
+    tokenmetry makes of the request the real AnthropicBedrock client sends."""
     with pytest.raises(anthropic.NotFoundError):
-        c.messages.create(model=bedrock_model, max_tokens=200, messages=MESSAGES, stream=stream)
-    suffix = "/invoke-with-response-stream" if stream else "/invoke"
-    assert server.last_request.path == f"/model/{bedrock_model}{suffix}"
+        bedrock(server).messages.create(model=BEDROCK_MODEL, max_tokens=200, messages=MESSAGES, stream=True)
+    assert server.last_request.path == f"/model/{BEDROCK_MODEL}/invoke-with-response-stream"
     record = only(records)
     assert (record.provider, record.operation, record.request_model, record.stream, record.error_type) == \
-        ("aws.bedrock", "chat", bedrock_model, stream, "NotFoundError")
+        ("aws.bedrock", "chat", BEDROCK_MODEL, True, "NotFoundError")
     span = only(tm.finished_spans())
     assert span.attributes["gen_ai.provider.name"] == "aws.bedrock"
     assert span.attributes["server.port"] == server.port

@@ -49,7 +49,10 @@ Paths served (matched on the end of the path, so any base-URL prefix works)
   ``anthropic-beta`` header), ``POST /v1/messages/count_tokens``. Claude on Vertex
   (``AnthropicVertex(base_url=server.url + "/v1")``):
   ``POST /v1/projects/{p}/locations/{l}/publishers/anthropic/models/{model}:rawPredict`` /
-  ``:streamRawPredict``, and ``.../models/count-tokens:rawPredict``.
+  ``:streamRawPredict``, and ``.../models/count-tokens:rawPredict``. Claude on Bedrock
+  (``AnthropicBedrock(base_url=server.url, api_key=...)``): ``POST /model/{model}/invoke``; not its
+  stream (``/invoke-with-response-stream`` answers in AWS's binary event-stream framing, which the
+  SDK decodes with botocore).
 * Gemini API (``HttpOptions(base_url=server.url)``; google-genai 3.x uses ``v1``, older ``v1beta``):
   ``POST /{version}/models/{model}:generateContent``, ``:streamGenerateContent?alt=sse``,
   ``:countTokens``, ``:batchEmbedContents`` (what ``embed_content`` calls), ``:embedContent``.
@@ -84,7 +87,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = [
     "LocalAPIServer",
@@ -223,7 +226,7 @@ class RecordedRequest:
     json: Any  #: parsed JSON body, or None
     kind: str  #: e.g. ``openai.chat``, ``anthropic.messages``, ``gemini.stream_generate_content``
     vendor: str  #: ``openai`` | ``anthropic`` | ``gemini`` | ``unknown``
-    backend: str  #: ``openai`` | ``azure`` | ``anthropic`` | ``gemini`` | ``vertex`` | ``unknown``
+    backend: str  #: ``openai`` | ``azure`` | ``anthropic`` | ``bedrock`` | ``gemini`` | ``vertex`` | ``unknown``
     model: str | None
     stream: bool
     client_port: int  #: the client's source port: equal ports mean a reused (keep-alive) connection
@@ -507,6 +510,11 @@ _GEMINI_KINDS = {
 }
 
 
+# InvokeModel; its streaming twin (invoke-with-response-stream) answers in AWS's binary event-stream
+# framing, which the SDK decodes with botocore: not served (404)
+_BEDROCK_INVOKE = re.compile(r"/model/(?P<model>[^/]+)/invoke$")
+
+
 def _route(method: str, path: str) -> _Route:
     """Map a request to an endpoint kind by the end of its path (any base URL prefix works)."""
     path = path.rstrip("/")
@@ -521,6 +529,9 @@ def _route(method: str, path: str) -> _Route:
         elif action in _GEMINI_KINDS:
             backend = "vertex" if "/projects/" in path else "gemini"
             return _Route(_GEMINI_KINDS[action], "gemini", backend, model)
+    bedrock = _BEDROCK_INVOKE.search(path)
+    if bedrock and method == "POST":  # Claude on Bedrock (InvokeModel): the model is in the path
+        return _Route("anthropic.messages", "anthropic", "bedrock", unquote(bedrock["model"]))
     backend = "azure" if "/openai/deployments/" in path or path.startswith("/openai/") else "openai"
     deployment = re.search(r"/openai/deployments/([^/]+)/", path)
     model = deployment.group(1) if deployment else None
