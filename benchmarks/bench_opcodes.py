@@ -8,8 +8,8 @@ calls is counted per function (the batch that applies finished calls every 16 in
 per call). The count is the same on every run of the same tree.
 
 On the machine of docs/performance.md, a bytecode instruction of tokenmetry's per-call path costs
-about 25 ns of the instrumented call (the SDK's own work between two calls evicts what it touches;
-the same code in a warm loop runs at about 6 ns), so this count tracks the timed overhead without
+about 20-25 ns of the instrumented call (the SDK's own work between two calls evicts what it touches;
+the same code in a warm loop runs at about 5 ns), so this count tracks the timed overhead without
 its noise. ::
 
     python benchmarks/bench_opcodes.py                       # OpenAI chat, no OpenTelemetry SDK
