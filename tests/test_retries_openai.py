@@ -463,6 +463,62 @@ def test_rate_limit_headers_layout_changes_and_bad_values(server: LocalAPIServer
         assert call() == expected
 
 
+BAD_COMPLETION = {"id": "chatcmpl-bad", "object": "chat.completion", "created": 1, "model": CHAT_MODEL,
+                  "choices": "not a list"}  # strict validation rejects it inside the SDK's _process_response
+
+
+def _enqueue_bad_completion(server: LocalAPIServer) -> None:
+    server.enqueue("openai.chat", Reply(body=BAD_COMPLETION, headers={"x-ratelimit-remaining-requests": "42"}))
+
+
+def _check_failed_validation(records: list[CallRecord]) -> None:
+    failed = records[-1]
+    assert (failed.error_type, failed.usage_source, failed.response_id) == \
+        ("APIResponseValidationError", "missing", None)  # (this body has no usage to read)
+    # its headers were read before the SDK's step raised
+    assert tokenmetry.stats().rate_limit_remaining[f"openai/{CHAT_MODEL}"]["remaining_requests"] == 42
+
+
+def _check_ran_once(records: list[CallRecord], caplog: pytest.LogCaptureFixture) -> None:
+    assert [r.error_type for r in records] == ["APIResponseValidationError", None, "APIResponseValidationError"]
+    assert not [r for r in caplog.records if "instrumentation step" in r.getMessage()]
+
+
+def test_sdk_response_step_runs_once_when_it_raises(server: LocalAPIServer, records: list[CallRecord],
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The header hook wraps the SDK's ``_process_response``: when that step raises (a body strict
+    validation rejects), the user gets its exception from its one run, and the hook's own failure
+    handling never sees it. Checked with the headers' layout not yet learned, then learned."""
+    tokenmetry.instrument()
+    server.default_headers.update(LIMITS)
+    with openai_client(server, _strict_response_validation=True) as client, \
+            caplog.at_level("DEBUG", logger="tokenmetry"):
+        for learned in (False, True):
+            if learned:
+                client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)  # the layout is learned
+            _enqueue_bad_completion(server)
+            with pytest.raises(openai.APIResponseValidationError):
+                client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+            _check_failed_validation(records)
+    _check_ran_once(records, caplog)
+
+
+async def test_async_sdk_response_step_runs_once_when_it_raises(
+        server: LocalAPIServer, records: list[CallRecord], caplog: pytest.LogCaptureFixture) -> None:
+    tokenmetry.instrument()
+    server.default_headers.update(LIMITS)
+    with caplog.at_level("DEBUG", logger="tokenmetry"):
+        async with openai_client(server, async_=True, _strict_response_validation=True) as client:
+            for learned in (False, True):
+                if learned:
+                    await client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+                _enqueue_bad_completion(server)
+                with pytest.raises(openai.APIResponseValidationError):
+                    await client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
+                _check_failed_validation(records)
+    _check_ran_once(records, caplog)
+
+
 def test_rate_limit_headers_of_calls_applied_together(server: LocalAPIServer) -> None:
     """Calls applied in one batch: each kind takes the newest value that parses, whichever call of
     the batch gave it (values are parsed when the calls are applied, newest call first), and a

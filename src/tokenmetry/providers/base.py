@@ -98,15 +98,15 @@ class RateLimitHeaders:
         def keep_headers(wrapped: Any, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             call = current_call.get()
             if call is not None:
-                try:
+                try:  # (the SDK's own step runs below, outside: exactly once, its errors untouched)
                     headers = kwargs["response"].headers
                     entries = getattr(headers, "_list", None)
-                    if type(entries) is list and len(entries) == self._learned_length:
-                        span = entries[self._span]
-                        if list(map(_name_of, span)) == self._span_names:
-                            call.rate_raw = (self._learned_rows, span)
-                            return wrapped(*args, **kwargs)
-                    self._read_other(call, headers, entries)
+                    span = entries[self._span] if type(entries) is list and \
+                        len(entries) == self._learned_length else None
+                    if span is not None and list(map(_name_of, span)) == self._span_names:
+                        call.rate_raw = (self._learned_rows, span)
+                    else:
+                        self._read_other(call, headers, entries)
                 except Exception:
                     report_failure("headers")
             return wrapped(*args, **kwargs)
