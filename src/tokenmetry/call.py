@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import contextvars
 import logging
-import sys
 import threading
 import time
 from collections import deque
@@ -20,6 +19,7 @@ from typing import Any
 
 from .config import Options
 from .pending import FOLD_BATCH, set_applier
+from .history import shared
 from .rate import CallSums, ProcessStats, add_wait, newest_limits
 from .session import Session, current_session, sessions
 from .session import _current as _current_session
@@ -528,12 +528,12 @@ class Recorder:
         # a session's history keeps the response model's name for a thousand calls: the calls' names
         # are replaced by one shared copy, so the SDK's own strings die with the responses (objects
         # kept alive among the SDK's short-lived ones cost its next calls, see tokenmetry.history)
-        shared = _shared_name(model) if model is not None else None  # (the run's model)
+        shared_model = None if model is None else shared(_shared_models, model, _SHARED_MODELS_MAX)
         last: Call | None = None  # the last call quoted here, while its quote serves the next ones
         for call in run:
             try:
                 if call.response_model is not None:  # (then it is the run's model)
-                    call.response_model = shared
+                    call.response_model = shared_model
                 metrics = call.metrics
                 if not call.priced:
                     if metrics is not None:
@@ -604,18 +604,8 @@ def _runs(calls: list[Call]) -> list[tuple[list[Call], Session, str, str | None]
     return runs
 
 
-_shared_models: dict[str, str] = {}
+_shared_models: dict[str, str] = {}  # model names shared by the calls kept in histories
 _SHARED_MODELS_MAX = 1024
-
-
-def _shared_name(model: str) -> str:
-    """A shared (interned) copy of a model name."""
-    found = _shared_models.get(model)
-    if found is None:
-        if len(_shared_models) >= _SHARED_MODELS_MAX:
-            _shared_models.clear()
-        found = _shared_models[model] = sys.intern(model) if type(model) is str else model
-    return found
 
 
 recorder = Recorder()

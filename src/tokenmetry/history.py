@@ -19,7 +19,7 @@ from .usage import CallRecord, Usage
 if TYPE_CHECKING:
     from .call import Call
 
-__all__ = ["CallHistory"]
+__all__ = ["CallHistory", "shared"]
 
 # the numbers of a call: input, output, cache read, cache write, reasoning, tool, 1-hour cache write,
 # retries, turn (None as -1); started_at, duration_s, time to first chunk (None as NaN), throttle
@@ -33,13 +33,15 @@ _SHARED_REASONS_MAX = 256
 _shared_reasons: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
-def _shared(reasons: tuple[str, ...]) -> tuple[str, ...]:
-    """One shared tuple per distinct set of finish reasons (a bounded cache)."""
-    found = _shared_reasons.get(reasons)
+def shared(kept: dict[Any, Any], value: Any, limit: int) -> Any:
+    """One shared object per distinct ``value`` (``kept``: their cache, emptied once it holds
+    ``limit``): what the history keeps of many calls (a model's name, a set of finish reasons) is
+    then one object, not each call's own copy made among the SDK's objects."""
+    found = kept.get(value)
     if found is None:
-        if len(_shared_reasons) >= _SHARED_REASONS_MAX:
-            _shared_reasons.clear()
-        found = _shared_reasons[reasons] = reasons
+        if len(kept) >= limit:
+            kept.clear()
+        found = kept[value] = value
     return found
 
 
@@ -88,7 +90,8 @@ class CallHistory:
             response_id = call.response_id
             row = (call.provider, call.operation, call.request_model, call.response_model,
                    response_id.encode() if type(response_id) is str else response_id,  # a copy (see above)
-                   call.usage_source, call.stream, call.error_type, _shared(call.finish_reasons),
+                   call.usage_source, call.stream, call.error_type,
+                   shared(_shared_reasons, call.finish_reasons, _SHARED_REASONS_MAX),
                    call.server_address, call.quote)
             if len(names) < limit:
                 slot = len(names)
