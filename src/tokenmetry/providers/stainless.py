@@ -164,9 +164,10 @@ class StainlessAdapter:
         options: Any = args[1] if len(args) > 1 else kwargs.get("options")
         fields = options.__dict__  # (FinalRequestOptions is a pydantic model: see the OpenAI readers)
         # route() depends on the method and path only: its answers are kept (a bounded memo)
-        endpoint = self._routes.get((fields["method"], fields["url"]), _UNROUTED)
+        key = (fields["method"], fields["url"])
+        endpoint = self._routes.get(key, _UNROUTED)
         if endpoint is _UNROUTED:
-            endpoint = self._route_once(client, options)
+            endpoint = self._route_once(client, options, key)
         if endpoint is None:
             return None
         # the target depends on base_url only; recomputed when the URL object the client stores
@@ -189,12 +190,12 @@ class StainlessAdapter:
                 options.json_data = replacement
         return endpoint, call
 
-    def _route_once(self, client: Any, options: Any) -> Endpoint | None:
+    def _route_once(self, client: Any, options: Any, key: tuple[str, str]) -> Endpoint | None:
         endpoint = self.route(client, options)
         routes = self._routes
         if len(routes) >= _ROUTES_MAX:  # paths with ids in them (responses.retrieve): forget, start again
             routes.clear()
-        routes[(options.method, options.url)] = endpoint
+        routes[key] = endpoint
         return endpoint
 
     def _remember_target(self, client: Any) -> Target:
