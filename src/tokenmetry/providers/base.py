@@ -92,7 +92,8 @@ class RateLimitHeaders:
         hands that span's entries to the call (one slice and one comparison, in C), decoded and
         parsed only when the call is applied, where the newest of a run's calls usually gives every
         figure. Anything else (another layout) is read at once by :meth:`parse`, exactly as
-        ``headers.get()`` gives each value. No response's headers stay alive past its call.
+        ``headers.get()`` gives each value. A span's entries stay alive only until its call is
+        applied (within one batch); no response's whole header list is kept.
         """
 
         def keep_headers(wrapped: Any, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
