@@ -711,6 +711,12 @@ class Quote:
     def cost_of_call(self, call: Any, requests: int = 1) -> Cost:
         """The cost of one call (the lifecycle's ``Call``, or any object with its token fields)."""
         apart = self.apart(call.reasoning_tokens)
+        read = call.cache_read_tokens or 0
+        written = call.cache_write_tokens or 0
+        uncached = call.input_tokens - read - written
+        if not apart and uncached >= 0 and not getattr(call, "cache_write_1h_tokens", None):
+            # the usual call: every count billed as given (what add_call would count)
+            return self.cost(self.plain_counts(uncached, read, written, call.output_tokens, requests), False)
         counts = [0, 0, 0, 0, 0, 0, 0]
         self.add_call(counts, apart, call, requests)
         return self.cost(counts, apart)
